@@ -1,0 +1,135 @@
+"""The model bundle: a directory with ``meta.json`` and the framework's native weights.
+
+The same bundle is logged to MLflow (as a pyfunc model whose loader is this module),
+stored in the BentoML model store and loaded by the scorers: one format, no pickles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import pandas as pd
+
+from healmesh import features
+
+META_FILE = "meta.json"
+
+
+@dataclass(frozen=True)
+class BundleMeta:
+    kind: str  # "xgboost" or "mlp"
+    threshold: float
+    schema_fingerprint: str = field(default_factory=features.schema_fingerprint)
+    encoded_features: tuple[str, ...] = features.ENCODED_NAMES
+    created_at: float = field(default_factory=time.time)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    # framework-specific state the weights need (e.g. the MLP's scaler and layer sizes)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> BundleMeta:
+        raw = json.loads(text)
+        raw["encoded_features"] = tuple(raw["encoded_features"])
+        return cls(**raw)
+
+
+class FraudModel(Protocol):
+    kind: ClassVar[str]
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray: ...
+
+    def save_weights(self, directory: Path) -> None: ...
+
+    @classmethod
+    def load_weights(cls, directory: Path, meta: BundleMeta) -> FraudModel: ...
+
+
+class IncompatibleBundle(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Bundle:
+    model: FraudModel
+    meta: BundleMeta
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict_proba(X), dtype=np.float64)
+
+    def predict_frame(self, df: pd.DataFrame) -> np.ndarray:
+        return self.predict_proba(features.encode_frame(df))
+
+    def predict_records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        return self.predict_proba(features.encode_records(records))
+
+
+def _adapter(kind: str) -> type[FraudModel]:
+    # deferred imports: loading an XGBoost bundle must not import torch, and vice versa
+    if kind == "xgboost":
+        from healmesh.models.xgb import XGBoostModel
+
+        return XGBoostModel
+    if kind == "mlp":
+        from healmesh.models.mlp import MLPModel
+
+        return MLPModel
+    raise IncompatibleBundle(f"unknown model kind {kind!r}")
+
+
+def save_bundle(model: FraudModel, meta: BundleMeta, directory: str | Path) -> Path:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    model.save_weights(d)
+    (d / META_FILE).write_text(meta.to_json())
+    return d
+
+
+def load_bundle(directory: str | Path) -> Bundle:
+    d = Path(directory)
+    meta_path = d / META_FILE
+    if not meta_path.exists():
+        raise IncompatibleBundle(f"{d} is not a healmesh model bundle (no {META_FILE})")
+    meta = BundleMeta.from_json(meta_path.read_text())
+    if meta.schema_fingerprint != features.schema_fingerprint():
+        raise IncompatibleBundle(
+            f"{d} was trained on another feature schema ({meta.schema_fingerprint}, "
+            f"this code has {features.schema_fingerprint()}): retrain it"
+        )
+    return Bundle(model=_adapter(meta.kind).load_weights(d, meta), meta=meta)
+
+
+def find_bundle(root: str | Path) -> Path:
+    """The bundle directory somewhere under ``root`` (an MLflow or BentoML model directory)."""
+    root = Path(root)
+    hits = sorted(p.parent for p in root.rglob(META_FILE))
+    if not hits:
+        raise IncompatibleBundle(f"no healmesh model bundle under {root}")
+    return hits[0]
+
+
+class _PyfuncModel:
+    """What ``mlflow.pyfunc.load_model`` returns for a healmesh model: fraud probabilities."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+
+    def predict(self, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
+        from healmesh.schema import validate_frame
+
+        return self.bundle.predict_frame(validate_frame(pd.DataFrame(model_input)))
+
+
+def _load_pyfunc(data_path: str) -> _PyfuncModel:
+    """MLflow pyfunc loader hook (``loader_module='healmesh.models.bundle'``)."""
+    return _PyfuncModel(load_bundle(find_bundle(data_path)))

@@ -1,0 +1,121 @@
+"""Starting and stopping local servers (scorers, Redis, MLflow...) for `healmesh up`, tests
+and benchmarks. Each server runs in its own process group so that stopping it also stops
+the workers it forked (BentoML's circus arbiter and its workers)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+class ServerFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class ServerProcess:
+    name: str
+    cmd: Sequence[str]
+    port: int
+    log_path: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    ready_path: str = "/readyz"
+    popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child from here on
+        self.popen = subprocess.Popen(list(self.cmd), stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
+                                      env={**os.environ, **self.env}, start_new_session=True)
+        log.close()
+        return self
+
+    def wait_ready(self, timeout: float = 90.0) -> ServerProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen is not None and self.popen.poll() is not None:
+                raise ServerFailed(f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=2.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise ServerFailed(f"{self.name} not ready on port {self.port} after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.popen is None:
+            return
+        try:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        try:  # workers that outlived their arbiter
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.popen.wait(timeout=5)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+def bentoml_server(name: str, target: str, port: int, log_dir: Path, env: Mapping[str, str] | None = None,
+                   cwd: Path | None = None) -> ServerProcess:
+    """`bentoml serve <target> -p <port>` on 127.0.0.1, from the same interpreter."""
+    cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "-p", str(port)]
+    return ServerProcess(name=name, cmd=cmd, port=port, log_path=log_dir / f"{name}.log", env=env or {}, cwd=cwd)
+
+
+SCORERS: dict[str, str] = {
+    "xgboost": "bentos.xgboost_scorer:XGBoostScorer",
+    "pytorch": "bentos.torch_scorer:TorchScorer",
+    "fallback": "bentos.fallback_scorer:FallbackScorer",
+}
+
+
+def mlflow_server(port: int, state_dir: Path, log_dir: Path, backend_uri: str | None = None) -> ServerProcess:
+    """An MLflow tracking server: SQLite and local artifacts under ``state_dir`` unless
+    ``backend_uri`` (for example a PostgreSQL URI) is given."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    backend = backend_uri or f"sqlite:///{state_dir / 'mlflow.db'}"
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", backend, "--artifacts-destination", str(state_dir / "artifacts"),
+           "--workers", "1"]
+    return ServerProcess(name="mlflow", cmd=cmd, port=port, log_path=log_dir / "mlflow.log", ready_path="/health")

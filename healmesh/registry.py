@@ -1,0 +1,126 @@
+"""The MLflow model registry, as healmesh uses it.
+
+The registry is the source of truth for versions: alias ``champion`` is what a scorer's
+stable slot serves, ``challenger`` what its canary slot serves.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from healmesh.settings import Settings
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    name: str
+    version: str
+    run_id: str | None
+    source: str
+
+
+def configure_mlflow(settings: Settings) -> None:
+    """Point the mlflow library at the configured store; quick failures instead of long retries."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(settings.registry_timeout_s)))
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
+def is_reachable(settings: Settings) -> bool:
+    """Whether a registry is there to ask: a SQLite store that exists, or a server that answers."""
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).exists()
+    if uri.startswith(("http://", "https://")):
+        import httpx
+
+        try:
+            return httpx.get(uri.rstrip("/") + "/health", timeout=settings.registry_timeout_s).status_code == 200
+        except httpx.HTTPError:
+            return False
+    return urlparse(uri).scheme in ("postgresql", "mysql", "file", "")
+
+
+def client(settings: Settings):  # -> mlflow.MlflowClient
+    from mlflow import MlflowClient
+
+    configure_mlflow(settings)
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def ensure_experiment(settings: Settings) -> str:
+    import mlflow
+
+    configure_mlflow(settings)
+    existing = mlflow.get_experiment_by_name(settings.experiment_name)
+    if existing is not None:
+        return existing.experiment_id
+    location = None
+    if not settings.tracking_uri.startswith(("http://", "https://")):
+        # a local store: keep artifacts under HEALMESH_HOME, not in the working directory
+        settings.artifact_root.mkdir(parents=True, exist_ok=True)
+        location = settings.artifact_root.as_uri()
+    return mlflow.create_experiment(settings.experiment_name, artifact_location=location)
+
+
+def version_by_alias(settings: Settings, name: str, alias: str) -> VersionRef | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client(settings).get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+    return VersionRef(name=name, version=str(mv.version), run_id=mv.run_id, source=mv.source)
+
+
+def set_alias(settings: Settings, name: str, alias: str, version: str) -> None:
+    client(settings).set_registered_model_alias(name, alias, version)
+
+
+def delete_alias(settings: Settings, name: str, alias: str) -> None:
+    client(settings).delete_registered_model_alias(name, alias)
+
+
+def download_model(settings: Settings, name: str, version: str) -> Path:
+    """The model directory of ``name`` version ``version``, cached under HEALMESH_HOME."""
+    import mlflow
+
+    configure_mlflow(settings)
+    target = settings.cache_dir / "models" / name / str(version)
+    if (target / "MLmodel").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
+    try:
+        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(staging)))
+        # rename is atomic: a reader never sees a half-downloaded model
+        os.replace(got, target) if got != staging else os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def download_reference(settings: Settings, run_id: str):  # -> pandas.DataFrame
+    """The reference sample logged with a training run (``reference/reference.parquet``)."""
+    import mlflow
+    import pandas as pd
+
+    configure_mlflow(settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="reference/reference.parquet",
+                                                   dst_path=tmp)
+        return pd.read_parquet(path)

@@ -1,0 +1,1 @@
+"""What the scorer bentos share: model slots, registry following, fault injection, metrics."""

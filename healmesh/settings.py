@@ -1,0 +1,90 @@
+"""The one settings object. Every knob is an environment variable ``HEALMESH_<NAME>``.
+
+Defaults are the embedded, single-machine set-up (`make up`): everything lives under
+``HEALMESH_HOME`` (``./.healmesh``), MLflow is a local SQLite store unless
+``MLFLOW_TRACKING_URI`` points at a server.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HEALMESH_", extra="ignore")
+
+    home: Path = Field(default=Path(".healmesh"), description="state directory (MLflow db, caches)")
+
+    # --- MLflow registry -------------------------------------------------------------------
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="tracking URI; MLFLOW_TRACKING_URI wins, else a SQLite store under home",
+    )
+    experiment_name: str = "healmesh-fraud"
+    xgb_registered_name: str = "healmesh-xgboost"
+    mlp_registered_name: str = "healmesh-mlp"
+    champion_alias: str = "champion"
+    challenger_alias: str = "challenger"
+    # How often a scorer re-reads the registry aliases (seconds).
+    alias_poll_s: float = Field(default=5.0, gt=0)
+    # Per-request timeout for registry calls made by scorers (seconds).
+    registry_timeout_s: float = Field(default=5.0, gt=0)
+
+    # --- scorers ---------------------------------------------------------------------------
+    xgb_port: int = 8001
+    torch_port: int = 8002
+    fallback_port: int = 8003
+    # Adaptive batching. Chosen by `bench/scorer_bench.py` (see docs/architecture.md):
+    # a batch size of 1 turns batching off (BentoML's batcher needs >= 2).
+    xgb_max_batch_size: int = Field(default=64, ge=1)
+    xgb_max_latency_ms: int = Field(default=1000, ge=1)
+    torch_max_batch_size: int = Field(default=64, ge=1)
+    torch_max_latency_ms: int = Field(default=1000, ge=1)
+    fallback_max_batch_size: int = Field(default=64, ge=1)
+    fallback_max_latency_ms: int = Field(default=1000, ge=1)
+    # BentoML access log lines for scorers: off by default (measured: about 4 % of a scorer's CPU
+    # at 500 req/s; the gateway's feature log and metrics already record every call).
+    scorer_access_log: bool = False
+    # OpenTelemetry spans for predict calls: off unless you export traces (BENTOML tracing
+    # config). Measured: span handling halved a scorer's throughput (815 -> 1,535 req/s).
+    scorer_tracing: bool = False
+    # Intra-op threads for XGBoost and torch in a scorer process. Serving batches are small:
+    # thread wake-ups cost more than they save, and spinning OpenMP threads steal the CPU
+    # from the event loop that does the HTTP work.
+    model_threads: int = Field(default=1, ge=1)
+    # Admin hooks (fault injection, reload) are refused unless a token is set.
+    admin_token: str | None = Field(default=None, min_length=8)
+    # Torch device: "auto" picks CUDA when there is one.
+    torch_device: str = "auto"
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def tracking_uri(self) -> str:
+        env = os.environ.get("MLFLOW_TRACKING_URI")
+        if env:
+            return env
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.home / "mlflow" / "artifacts"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
