@@ -96,11 +96,37 @@ class ServerProcess:
             return "(no log)"
 
 
+def bentoml_home() -> Path:
+    return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
+
+
+def private_bentoml_home(name: str, state_dir: Path) -> Path:
+    """A BENTOML_HOME for one server that shares the real model store.
+
+    Every `bentoml serve` wipes and reuses ``$BENTOML_HOME/prometheus_multiproc_dir``: two
+    servers on one host with the same home delete and mix each other's metrics. A home of its
+    own (its ``models`` a link to the shared store) keeps each server's metrics its own.
+    """
+    home = state_dir / f"bentoml-{name}"
+    home.mkdir(parents=True, exist_ok=True)
+    shared = bentoml_home() / "models"
+    shared.mkdir(parents=True, exist_ok=True)
+    link = home / "models"
+    if link.is_symlink() and link.resolve() != shared.resolve():
+        link.unlink()
+    if not link.exists():
+        link.symlink_to(shared, target_is_directory=True)
+    return home
+
+
 def bentoml_server(name: str, target: str, port: int, log_dir: Path, env: Mapping[str, str] | None = None,
                    cwd: Path | None = None) -> ServerProcess:
-    """`bentoml serve <target> -p <port>` on 127.0.0.1, from the same interpreter."""
+    """`bentoml serve <target> -p <port>` on 127.0.0.1, from the same interpreter, with its own
+    metrics directory (see ``private_bentoml_home``)."""
     cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "-p", str(port)]
-    return ServerProcess(name=name, cmd=cmd, port=port, log_path=log_dir / f"{name}.log", env=env or {}, cwd=cwd)
+    home = private_bentoml_home(name, log_dir.parent / "bentoml-homes")
+    return ServerProcess(name=name, cmd=cmd, port=port, log_path=log_dir / f"{name}.log",
+                         env={**(env or {}), "BENTOML_HOME": str(home)}, cwd=cwd)
 
 
 SCORERS: dict[str, str] = {

@@ -29,7 +29,8 @@ class LoadedModel:
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model, "version": self.version, "source": self.source,
-                "threshold": self.threshold, "loaded_at": self.loaded_at}
+                "threshold": self.threshold, "loaded_at": self.loaded_at,
+                "device": str(getattr(self.bundle.model, "device", "cpu"))}
 
 
 class ModelSlots:

@@ -1,0 +1,209 @@
+"""The three scorers, each served by a real `bentoml serve` process."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+
+import httpx
+import psutil
+import pytest
+
+from healmesh import procs
+from healmesh.data import generate
+from healmesh.settings import Settings
+from healmesh.training import TrainConfig, train
+
+from .conftest import TOKEN, scorer_env, start_scorer
+from .load import hammer, run, transactions
+
+pytestmark = pytest.mark.integration
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MODEL_NAMES = {"xgboost": "xgboost", "pytorch": "mlp", "fallback": "rules"}
+
+
+def batch_histogram(metrics_text: str, method: str = "predict") -> dict[str, float]:
+    out = {}
+    for m in re.finditer(r'^bentoml_service_adaptive_batch_size_bucket\{([^}]*)\} (\S+)$', metrics_text, re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if labels.get("method_name") == method:
+            out[labels["le"]] = out.get(labels["le"], 0.0) + float(m.group(2))
+    return out
+
+
+@pytest.mark.parametrize("name", list(procs.SCORERS))
+def test_64_concurrent_clients_all_answered_and_batched(scorers, name):
+    server = scorers[name]
+    before = batch_histogram(httpx.get(server.url + "/metrics").text)
+    bodies = [{"rows": [tx]} for tx in transactions(1_280, seed=3)]
+    replies = run(server.url + "/predict", bodies, concurrency=64)
+    assert len(replies) == 1_280
+    assert {r.status for r in replies} == {200}, [r.body for r in replies if r.status != 200][:3]
+    for r in replies:
+        (row,) = r.body
+        assert 0.0 <= row["probability"] <= 1.0 and row["label"] in (0, 1)
+        assert row["model"] == MODEL_NAMES[name] and row["model_version"]
+    text = httpx.get(server.url + "/metrics").text
+    after = batch_histogram(text)
+    assert after, text[-3000:]
+    batches = after["+Inf"] - before.get("+Inf", 0.0)
+    single = after["1.0"] - before.get("1.0", 0.0)
+    print(f"\n{name}: {batches:.0f} batches for 1280 requests, {single:.0f} of size 1")
+    assert batches > 0 and batches - single > 0, "no batch larger than one request"
+    assert batches < 1_280
+
+
+def test_a_batch_request_scores_every_row_in_order(scorers):
+    rows = transactions(50, seed=8)
+    r = httpx.post(scorers["xgboost"].url + "/predict", json={"rows": rows})
+    assert r.status_code == 200 and len(r.json()) == 50
+    singles = [httpx.post(scorers["xgboost"].url + "/predict", json={"rows": [row]}).json()[0] for row in rows[:5]]
+    assert [s["probability"] for s in singles] == pytest.approx([x["probability"] for x in r.json()[:5]])
+
+
+@pytest.mark.parametrize("name", list(procs.SCORERS))
+def test_health_endpoints_and_model_version_metric(scorers, name):
+    url = scorers[name].url
+    assert httpx.get(url + "/livez").status_code == 200
+    assert httpx.get(url + "/readyz").status_code == 200
+    text = httpx.get(url + "/metrics").text
+    assert "bentoml_service_request_total" in text
+    assert f'healmesh_fault_error_rate{{scorer="{name}"}} 0.0' in text
+    if name != "fallback":
+        assert re.search(rf'healmesh_model_info\{{scorer="{name}",slot="stable",model="{MODEL_NAMES[name]}",'
+                         r'version="1",source="mlflow"\} 1.0', text), text[-800:]
+
+
+def test_bad_rows_are_refused_with_the_field_named(scorers):
+    tx = transactions(1, seed=1)[0]
+    r = httpx.post(scorers["xgboost"].url + "/predict", json={"rows": [tx | {"hour": 99}]})
+    assert r.status_code == 400
+    assert any("hour" in map(str, d["loc"]) for d in r.json()["detail"])
+
+
+@pytest.mark.parametrize("name", list(procs.SCORERS))
+def test_admin_api_needs_the_token(scorers, name):
+    url = scorers[name].url + "/admin/state"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers={"Authorization": "Bearer wrong-token-000"}).status_code == 401
+    r = httpx.get(url, headers=AUTH)
+    assert r.status_code == 200 and r.json()["scorer"] == name
+    assert httpx.put(scorers[name].url + "/admin/faults", json={"error_rate": 1.0}).status_code == 401
+    assert httpx.post(scorers[name].url + "/predict", json={"rows": transactions(1)}).status_code == 200
+
+
+def test_fault_injection_errors_latency_slots_and_readiness(scorers):
+    url = scorers["fallback"].url
+    body = {"rows": transactions(1, seed=2)}
+    try:
+        assert httpx.put(url + "/admin/faults", headers=AUTH, json={"error_rate": 2}).status_code == 422
+        r = httpx.put(url + "/admin/faults", headers=AUTH, json={"error_rate": 1.0, "status": 503})
+        assert r.status_code == 200 and r.json()["faults"]["active"]
+        failed = httpx.post(url + "/predict", json=body)
+        assert failed.status_code == 503 and failed.headers["retry-after"] == "1"
+        assert httpx.get(url + "/readyz").status_code == 200  # errors alone keep it ready
+
+        httpx.put(url + "/admin/faults", headers=AUTH, json={"latency_ms": 300})
+        t0 = time.perf_counter()
+        assert httpx.post(url + "/predict", json=body).status_code == 200
+        assert time.perf_counter() - t0 >= 0.3
+
+        httpx.put(url + "/admin/faults", headers=AUTH, json={"error_rate": 0.5})
+        codes = [httpx.post(url + "/predict", json=body).status_code for _ in range(200)]
+        assert 60 < codes.count(500) < 140 and codes.count(200) + codes.count(500) == 200
+
+        httpx.put(url + "/admin/faults", headers=AUTH, json={"fail_readyz": True})
+        assert httpx.get(url + "/readyz").status_code == 503
+        assert "healmesh_fault_injected_errors_total" in httpx.get(url + "/metrics").text
+    finally:
+        assert httpx.delete(url + "/admin/faults", headers=AUTH).status_code == 200
+    assert httpx.get(url + "/readyz").status_code == 200
+    assert httpx.post(url + "/predict", json=body).status_code == 200
+
+
+def _maps(pid: int) -> set[str]:
+    paths = set()
+    for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        try:
+            paths |= {m.path for m in proc.memory_maps()}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return paths
+
+
+def test_fallback_process_loads_no_ml_framework(scorers):
+    def ml_libs(pid: int) -> set[str]:
+        return {p for p in _maps(pid) if re.search(r"libtorch|libxgboost|/torch/|/xgboost/", p)}
+
+    assert ml_libs(scorers["fallback"].popen.pid) == set()
+    assert ml_libs(scorers["xgboost"].popen.pid), "control: the XGBoost scorer maps libxgboost"
+    assert ml_libs(scorers["pytorch"].popen.pid), "control: the PyTorch scorer maps libtorch"
+
+
+def test_torch_scorer_uses_cuda_where_there_is_one(scorers):
+    import torch
+
+    state = httpx.get(scorers["pytorch"].url + "/admin/state", headers=AUTH).json()
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert state["slots"]["stable"]["device"].startswith(expected)
+
+
+def test_registry_unreachable_serves_the_builtin_model(trained, session_dir):
+    dead = f"http://127.0.0.1:{procs.free_port()}"
+    server = start_scorer("xgboost", session_dir, scorer_env(dead), tag="-no-registry")
+    try:
+        state = httpx.get(server.url + "/admin/state", headers=AUTH).json()
+        assert state["slots"]["stable"]["source"] == "builtin"
+        assert state["slots"]["stable"]["version"] == trained.models["xgboost"].version
+        assert state["registry"]["reachable"] is False
+        r = httpx.post(server.url + "/predict", json={"rows": transactions(3)})
+        assert r.status_code == 200 and {x["model_version"] for x in r.json()} == {"1"}
+        assert 'source="builtin"' in httpx.get(server.url + "/metrics").text
+    finally:
+        server.stop()
+
+
+def test_versions_switch_without_restart_or_failed_requests(settings: Settings, trained, mlflow_url, session_dir):
+    from healmesh import registry
+
+    swap = Settings(xgb_registered_name="swap-xgboost", mlp_registered_name="swap-mlp")
+    train(generate(20_000, seed=31), swap, TrainConfig(seed=31, mlp_epochs=1, save_to_bentoml=False))
+    train(generate(20_000, seed=32), swap, TrainConfig(seed=32, mlp_epochs=1, save_to_bentoml=False))
+    assert registry.version_by_alias(swap, "swap-xgboost", "champion").version == "1"
+    server = start_scorer("xgboost", session_dir, scorer_env(mlflow_url, HEALMESH_XGB_REGISTERED_NAME="swap-xgboost"),
+                          tag="-swap")
+    try:
+        bodies = [{"rows": [tx]} for tx in transactions(3_000, seed=4)]
+        moved_at: list[float] = []
+
+        def promote_midway() -> None:
+            time.sleep(1.5)
+            moved_at.append(time.perf_counter())
+            registry.set_alias(swap, "swap-xgboost", "champion", "2")  # no reload call: the scorer follows
+
+        mover = threading.Thread(target=promote_midway)
+        mover.start()
+        replies = asyncio.run(hammer(server.url + "/predict", bodies, concurrency=32))
+        mover.join()
+        assert {r.status for r in replies} == {200}
+        versions = [r.body[0]["model_version"] for r in sorted(replies, key=lambda r: r.started)]
+        assert versions[0] == "1" and versions[-1] == "2"
+        switch = versions.index("2")
+        assert set(versions[switch + 200:]) == {"2"}, "old version served long after the swap"
+        print(f"\nswap: {versions.count('1')} answers from v1, {versions.count('2')} from v2, none failed")
+
+        # the canary slot follows `challenger`; an empty slot answers 404
+        registry.set_alias(swap, "swap-xgboost", "challenger", "1")
+        state = httpx.post(server.url + "/admin/reload", headers=AUTH).json()
+        assert state["slots"]["canary"]["version"] == "1" and state["slots"]["stable"]["version"] == "2"
+        canary = httpx.post(server.url + "/predict_canary", json={"rows": transactions(2)})
+        assert canary.status_code == 200 and {x["model_version"] for x in canary.json()} == {"1"}
+        registry.delete_alias(swap, "swap-xgboost", "challenger")
+        httpx.post(server.url + "/admin/reload", headers=AUTH)
+        assert httpx.post(server.url + "/predict_canary", json={"rows": transactions(1)}).status_code == 404
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'healmesh_model_info{scorer="xgboost",slot="stable",model="xgboost",version="2"' in metrics
+    finally:
+        server.stop()
