@@ -56,6 +56,9 @@ class DriftSpec:
 
     def __post_init__(self) -> None:
         for name, amount in self.covariate_shift.items():
+            if name not in schema.BY_NAME:
+                raise ValueError(f"covariate_shift names unknown feature {name!r}; "
+                                 f"the schema has {', '.join(schema.FEATURE_NAMES)}")
             f = schema.feature(name)
             if isinstance(f, CategoricalFeature) and not 0.0 <= amount <= 1.0:
                 raise ValueError(f"covariate_shift[{name!r}] must be in [0, 1] for a categorical feature, but was {amount}")

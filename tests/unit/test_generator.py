@@ -81,7 +81,7 @@ def test_concept_drift_changes_the_fraud_pattern_not_the_legit_traffic(base):
 
 
 def test_drift_spec_rejects_nonsense():
-    with pytest.raises(KeyError, match="unknown feature 'amout'"):
+    with pytest.raises(ValueError, match="unknown feature 'amout'"):
         DriftSpec(covariate_shift={"amout": 1.0})
     with pytest.raises(ValueError, match="concept_drift must be in"):
         DriftSpec(concept_drift=1.5)
