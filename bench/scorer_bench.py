@@ -33,7 +33,7 @@ LEVELS = (1, 16, 64, 256)
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = [[%s]]
+wrk.body = [==[%s]==]
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format("RESULT %%d %%f %%f %%f %%f %%d %%d %%d %%d %%d\\n",
