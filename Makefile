@@ -38,6 +38,7 @@ status: venv
 	$(VENV)/bin/healmesh status
 
 test: venv system-deps
+	$(VENV)/bin/ruff check healmesh bentos gateway dags tests bench
 	$(PY) -m pytest
 
 lint: venv

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, brier_score_loss, f1_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    f1_score,
+    precision_recall_curve,
+    roc_auc_score,
+)
 
 
 def choose_threshold(y: np.ndarray, p: np.ndarray) -> float:

@@ -4,6 +4,7 @@ the workers it forked (BentoML's circus arbiter and its workers)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -75,18 +76,12 @@ class ServerProcess:
     def stop(self, timeout: float = 15.0) -> None:
         if self.popen is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        try:  # workers that outlived their arbiter
+        with contextlib.suppress(ProcessLookupError):  # workers that outlived their arbiter
             os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.popen.wait(timeout=5)
 
     def log_tail(self, lines: int = 40) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
 import time
@@ -126,10 +127,8 @@ def test_fault_injection_errors_latency_slots_and_readiness(scorers):
 def _maps(pid: int) -> set[str]:
     paths = set()
     for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             paths |= {m.path for m in proc.memory_maps()}
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
     return paths
 
 
