@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -176,7 +177,10 @@ def _log_and_register(kind: str, bundle_dir: Path, meta: BundleMeta, data: Split
             ref_path = Path(tmp) / "reference.parquet"
             reference_sample(data, config.reference_rows, config.seed).to_parquet(ref_path, index=False)
             mlflow.log_artifact(str(ref_path), artifact_path="reference")
-        signature = infer_signature(example, np.zeros(len(example)))
+        with warnings.catch_warnings():
+            # "integer columns cannot represent missing values": the schema never allows missing ones
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+            signature = infer_signature(example, np.zeros(len(example)))
         info = mlflow.pyfunc.log_model(
             name="model", loader_module="healmesh.models.bundle", data_path=str(bundle_dir),
             signature=signature, input_example=example, pip_requirements=PIP_REQUIREMENTS,
