@@ -140,3 +140,31 @@ def mlflow_server(port: int, state_dir: Path, log_dir: Path, backend_uri: str | 
            "--backend-store-uri", backend, "--artifacts-destination", str(state_dir / "artifacts"),
            "--workers", "1"]
     return ServerProcess(name="mlflow", cmd=cmd, port=port, log_path=log_dir / "mlflow.log", ready_path="/health")
+
+
+def redis_server(port: int, state_dir: Path, log_dir: Path, persist: bool = False) -> ServerProcess:
+    """A Redis on 127.0.0.1 for `healmesh up` and tests; ``persist`` keeps an append-only file
+    (a restart then comes back with its data, as a production Redis would)."""
+    import shutil
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ServerFailed("redis-server not found: apt-get install redis-server (or point HEALMESH_REDIS_URL at one)")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+           "--appendonly", "yes" if persist else "no", "--appendfsync", "always",
+           "--dir", str(state_dir), "--daemonize", "no", "--protected-mode", "yes"]
+    return ServerProcess(name=f"redis-{port}", cmd=cmd, port=port, log_path=log_dir / f"redis-{port}.log",
+                         ready_path="")
+
+
+def wait_port(server: ServerProcess, timeout: float = 20.0) -> ServerProcess:
+    """Ready when the port accepts connections (for servers without an HTTP health check)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.popen is not None and server.popen.poll() is not None:
+            raise ServerFailed(f"{server.name} exited with {server.popen.returncode}:\n{server.log_tail()}")
+        if port_open(server.port):
+            return server
+        time.sleep(0.1)
+    raise ServerFailed(f"{server.name} not listening on {server.port} after {timeout:.0f}s:\n{server.log_tail()}")

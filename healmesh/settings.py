@@ -62,6 +62,54 @@ class Settings(BaseSettings):
     # Torch device: "auto" picks CUDA when there is one.
     torch_device: str = "auto"
 
+    # --- gateway ---------------------------------------------------------------------------
+    gateway_port: int = 8000
+    gateway_workers: int = Field(default=1, ge=1)
+    # A scorer given by URL is called there (another host or container); without a URL the
+    # gateway reaches it through the BentoML composition (`bentoml serve` of the mesh).
+    xgb_url: str | None = None
+    torch_url: str | None = None
+    fallback_url: str | None = None
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "healmesh"
+    # Whole-request deadline; a model attempt may use it minus what the fallback needs.
+    deadline_ms: float = Field(default=800.0, gt=0)
+    attempt_timeout_ms: float = Field(default=500.0, gt=0)
+    fallback_reserve_ms: float = Field(default=100.0, ge=0)
+    sticky_routing: bool = True
+    max_body_bytes: int = Field(default=1_000_000, ge=1_024)
+    max_batch_rows: int = Field(default=500, ge=1)
+    # Admission control: beyond this many requests in flight per worker the gateway sheds
+    # with 503 + Retry-After instead of queueing.
+    max_in_flight: int = Field(default=1_024, ge=1)
+    # Circuit breakers (one per variant and for the fallback scorer)
+    breaker_consecutive_failures: int = Field(default=5, ge=1)
+    breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
+    breaker_min_calls: int = Field(default=20, ge=1)
+    breaker_window_s: float = Field(default=10.0, gt=0)
+    breaker_open_wait_s: float = Field(default=5.0, gt=0)
+    breaker_half_open_probes: int = Field(default=3, ge=1)
+    breaker_probes_to_close: int = Field(default=3, ge=1)
+    breaker_ramp: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    breaker_ramp_step_s: float = Field(default=2.0, gt=0)
+    probe_interval_s: float = Field(default=1.0, gt=0)
+    retry_budget_ratio: float = Field(default=0.2, ge=0, le=1)
+    retry_budget_window_s: int = Field(default=10, ge=1)
+    retry_budget_min: int = Field(default=10, ge=0)
+    # Shadow traffic: bounded in-flight calls, dropped (and counted) beyond.
+    shadow_max_in_flight: int = Field(default=64, ge=1)
+    shadow_timeout_ms: float = Field(default=1_000.0, gt=0)
+    # Feature log: a Redis stream, written off the hot path.
+    feature_stream_maxlen: int = Field(default=1_000_000, ge=1_000)
+    feature_buffer_max: int = Field(default=100_000, ge=1)
+    feature_flush_batch: int = Field(default=256, ge=1)
+    feature_flush_interval_ms: float = Field(default=20.0, gt=0)
+    # How long a request can receive feedback (its record key lives this long).
+    feedback_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    control_poll_s: float = Field(default=0.5, gt=0)
+    gateway_access_log: bool = False
+    gateway_tracing: bool = False
+
     @field_validator("home")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:

@@ -1,17 +1,21 @@
 """`healmesh up / down / status`: the local mesh as background processes.
 
-Each scorer is its own `bentoml serve` on 8001 to 8003 (so each can be killed, restarted
-and scaled alone). Process ids go to ``$HEALMESH_HOME/run``, logs to ``$HEALMESH_HOME/logs``.
+Redis (only when none answers at HEALMESH_REDIS_URL on this host), each scorer as its own
+`bentoml serve` on 8001 to 8003 (so each can be killed, restarted and scaled alone), and the
+gateway on 8000 pointed at them. Process ids go to ``$HEALMESH_HOME/run``, logs to
+``$HEALMESH_HOME/logs``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 
@@ -19,6 +23,7 @@ from healmesh import procs
 from healmesh.settings import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parents[1]
+GATEWAY = "gateway.service:Gateway"
 
 
 def scorer_ports(settings: Settings) -> dict[str, int]:
@@ -59,6 +64,12 @@ def _pid_file(settings: Settings, name: str) -> Path:
     return settings.home / "run" / f"{name}.pid"
 
 
+def _remember(settings: Settings, server: procs.ServerProcess) -> None:
+    path = _pid_file(settings, server.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(str(server.popen.pid if server.popen else ""))
+
+
 def _ready(port: int) -> bool:
     try:
         return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
@@ -66,8 +77,28 @@ def _ready(port: int) -> bool:
         return False
 
 
+def ensure_redis(settings: Settings) -> str | None:
+    """Start a local Redis when the configured one is on this host and nobody listens."""
+    url = urlparse(settings.redis_url)
+    host, port = url.hostname or "127.0.0.1", url.port or 6379
+    if procs.port_open(port, host):
+        return None
+    if host not in ("127.0.0.1", "localhost"):
+        return f"Redis at {settings.redis_url} does not answer (the gateway buffers its log until it does)"
+    server = procs.redis_server(port, settings.home / "redis", settings.home / "logs")
+    server.name = "redis"
+    server.start()
+    procs.wait_port(server)
+    _remember(settings, server)
+    print(f"{'redis':<9} started on {port}")
+    return None
+
+
 def up(train_rows: int = 60_000) -> int:
     settings = get_settings()
+    warning = ensure_redis(settings)
+    if warning:
+        print(warning, file=sys.stderr)
     if not models_available(settings):
         print("no trained model yet: training first", file=sys.stderr)
         from healmesh.cli import main as cli_main
@@ -76,18 +107,33 @@ def up(train_rows: int = 60_000) -> int:
         if code:
             return code
     env = {"HEALMESH_ADMIN_TOKEN": admin_token(settings), "HEALMESH_HOME": str(settings.home)}
+    ports = scorer_ports(settings)
+    gateway_env = {**env,
+                   "HEALMESH_XGB_URL": settings.xgb_url or f"http://127.0.0.1:{ports['xgboost']}",
+                   "HEALMESH_TORCH_URL": settings.torch_url or f"http://127.0.0.1:{ports['pytorch']}",
+                   "HEALMESH_FALLBACK_URL": settings.fallback_url or f"http://127.0.0.1:{ports['fallback']}"}
+    scorers = [(name, procs.SCORERS[name], port, env) for name, port in ports.items()]
+    # scorers first: a gateway probing scorers that are still loading would open its breakers
+    for group in (scorers, [("gateway", GATEWAY, settings.gateway_port, gateway_env)]):
+        code = _start_group(settings, group)
+        if code:
+            return code
+    print(f"admin token: {settings.home / 'admin_token'} (or HEALMESH_ADMIN_TOKEN)")
+    return status()
+
+
+def _start_group(settings: Settings, group: list[tuple[str, str, int, dict[str, str]]]) -> int:
     started: list[procs.ServerProcess] = []
-    for name, port in scorer_ports(settings).items():
+    for name, target, port, server_env in group:
         if _ready(port):
             print(f"{name:<9} already answering on {port}")
             continue
         if procs.port_open(port):
-            print(f"{name:<9} port {port} is taken by something that is not a ready scorer", file=sys.stderr)
+            print(f"{name:<9} port {port} is taken by something that is not a ready healmesh server", file=sys.stderr)
             return 1
-        server = procs.bentoml_server(name, procs.SCORERS[name], port, settings.home / "logs", env=env, cwd=ROOT)
+        server = procs.bentoml_server(name, target, port, settings.home / "logs", env=server_env, cwd=ROOT)
         server.start()
-        _pid_file(settings, name).parent.mkdir(parents=True, exist_ok=True)
-        _pid_file(settings, name).write_text(str(server.popen.pid if server.popen else ""))
+        _remember(settings, server)
         started.append(server)
     for server in started:
         try:
@@ -96,25 +142,22 @@ def up(train_rows: int = 60_000) -> int:
             print(str(exc), file=sys.stderr)
             return 1
         print(f"{server.name:<9} ready on {server.url}  (log: {server.log_path})")
-    print(f"admin token: {settings.home / 'admin_token'} (or HEALMESH_ADMIN_TOKEN)")
-    return status()
+    return 0
 
 
 def down() -> int:
     settings = get_settings()
-    for name in scorer_ports(settings):
+    for name in ["gateway", *scorer_ports(settings), "redis"]:
         pid_file = _pid_file(settings, name)
         if not pid_file.exists():
             continue
         pid = int(pid_file.read_text() or 0)
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
             for _ in range(50):
                 os.killpg(pid, 0)
                 time.sleep(0.2)
             os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         pid_file.unlink(missing_ok=True)
         print(f"{name:<9} stopped")
     return 0
@@ -122,7 +165,7 @@ def down() -> int:
 
 def status() -> int:
     settings = get_settings()
-    token = admin_token(settings)
+    headers = {"Authorization": f"Bearer {admin_token(settings)}"}
     worst = 0
     for name, port in scorer_ports(settings).items():
         if not _ready(port):
@@ -130,12 +173,22 @@ def status() -> int:
             worst = 1
             continue
         try:
-            state = httpx.get(f"http://127.0.0.1:{port}/admin/state", timeout=3,
-                              headers={"Authorization": f"Bearer {token}"}).json()
-            slots = state.get("slots", {})
+            state = httpx.get(f"http://127.0.0.1:{port}/admin/state", timeout=3, headers=headers).json()
             served = ", ".join(f"{slot}={m['model']} v{m['version']}" + (f" ({m['source']})" if "source" in m else "")
-                               for slot, m in slots.items() if m)
+                               for slot, m in state.get("slots", {}).items() if m)
         except (httpx.HTTPError, ValueError):
             served = "(admin API not reachable with this token)"
         print(f"{name:<9} :{port}  ready  {served}")
+    port = settings.gateway_port
+    if not _ready(port):
+        print(f"{'gateway':<9} :{port}  DOWN")
+        return 1
+    try:
+        state = httpx.get(f"http://127.0.0.1:{port}/api/v1/admin/state", timeout=3, headers=headers).json()
+        weights = ", ".join(f"{k}={v:.0%}" for k, v in state["effective_weights"].items())
+        breakers = ", ".join(f"{k}={v['state']}" for k, v in state["breakers"].items())
+        print(f"{'gateway':<9} :{port}  ready  weights {weights}; breakers {breakers}; "
+              f"redis {'up' if state['feature_log']['redis_up'] else 'DOWN'}")
+    except (httpx.HTTPError, ValueError, KeyError):
+        print(f"{'gateway':<9} :{port}  ready  (admin API not reachable with this token)")
     return worst

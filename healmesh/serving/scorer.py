@@ -11,6 +11,7 @@ Nothing here imports xgboost or torch: the fallback scorer uses it too.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -67,6 +68,16 @@ def service_config(settings: Settings) -> dict[str, Any]:
     if not settings.scorer_tracing:
         config["tracing"] = {"excluded_urls": list(PREDICT_ROUTES)}
     return config
+
+
+def freeze_heap() -> None:
+    """Move everything allocated at start-up out of the garbage collector's view.
+
+    A scorer process holds millions of long-lived objects (bentoml, pandas, mlflow, the model);
+    a full collection over them stalls the event loop for tens of milliseconds and shows up as
+    the p99. Frozen objects are never scanned again (CPython's gc.freeze, as Instagram does)."""
+    gc.collect()
+    gc.freeze()
 
 
 def with_fault_hook(service: Any) -> Any:
@@ -182,6 +193,10 @@ class ModelScorer(ScorerBase):
                    ((who, float(status.failures)),)),
         ]
 
+    @bentoml.on_startup
+    def _freeze(self) -> None:
+        freeze_heap()
+
     @bentoml.on_shutdown
     def _stop_follower(self) -> None:
         self.follower.stop()
@@ -189,6 +204,10 @@ class ModelScorer(ScorerBase):
 
 class RulesScorer(ScorerBase):
     """The fallback: the interpretable rule score, no ML framework."""
+
+    @bentoml.on_startup
+    def _freeze(self) -> None:
+        freeze_heap()
 
     def score(self, rows: Sequence[BaseModel], slot: SlotName) -> list[Score]:
         probs = rules.score_records([r.model_dump() for r in rows])

@@ -73,3 +73,51 @@ def scorers(trained, mlflow_url: str, session_dir: Path) -> Iterator[dict[str, p
     finally:
         for server in started.values():
             server.stop()
+
+
+# --- the gateway ---------------------------------------------------------------------------
+
+GATEWAY_FAST = {  # breakers and ramps that move in seconds, so tests need not wait minutes
+    "HEALMESH_BREAKER_OPEN_WAIT_S": "2", "HEALMESH_BREAKER_RAMP_STEP_S": "1", "HEALMESH_PROBE_INTERVAL_S": "0.5",
+    "HEALMESH_BREAKER_CONSECUTIVE_FAILURES": "5",
+}
+
+
+def start_redis(session_dir: Path, persist: bool = False, port: int | None = None) -> procs.ServerProcess:
+    port = port or procs.free_port()
+    server = procs.redis_server(port, session_dir / f"redis-{port}", session_dir / "logs", persist=persist)
+    server.start()
+    return procs.wait_port(server)
+
+
+def scorer_urls(scorers: dict[str, procs.ServerProcess]) -> dict[str, str]:
+    return {"HEALMESH_XGB_URL": scorers["xgboost"].url, "HEALMESH_TORCH_URL": scorers["pytorch"].url,
+            "HEALMESH_FALLBACK_URL": scorers["fallback"].url}
+
+
+def start_gateway(session_dir: Path, redis_port: int, urls: dict[str, str], tag: str,
+                  **extra: str) -> procs.ServerProcess:
+    env = {"HEALMESH_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "HEALMESH_ADMIN_TOKEN": TOKEN,
+           "HEALMESH_KEY_PREFIX": f"hm-{tag}", **GATEWAY_FAST, **urls, **extra}
+    server = procs.bentoml_server(f"gateway-{tag}", "gateway.service:Gateway", procs.free_port(),
+                                  session_dir / "logs", env=env, cwd=ROOT)
+    server.start()
+    try:
+        return server.wait_ready(timeout=120)
+    except Exception:
+        server.stop()
+        raise
+
+
+@pytest.fixture(scope="session")
+def redis_srv(session_dir: Path) -> Iterator[procs.ServerProcess]:
+    server = start_redis(session_dir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(scorers, redis_srv, session_dir: Path) -> Iterator[procs.ServerProcess]:
+    server = start_gateway(session_dir, redis_srv.port, scorer_urls(scorers), tag="main")
+    yield server
+    server.stop()

@@ -21,6 +21,7 @@ class Reply:
     body: Any
     started: float
     latency: float
+    index: int = -1  # position of the request body in the input
 
 
 def transactions(n: int, seed: int = 0, drift: DriftSpec | None = None) -> list[dict[str, Any]]:
@@ -34,23 +35,23 @@ async def hammer(url: str, bodies: Sequence[Any], concurrency: int, timeout: flo
     assert host in ("127.0.0.1", "localhost"), f"load tests only talk to this machine, not {host}"
     replies: list[Reply] = []
     queue: asyncio.Queue[Any] = asyncio.Queue()
-    for b in bodies:
-        queue.put_nowait(b)
+    for item in enumerate(bodies):
+        queue.put_nowait(item)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client:
         async def worker() -> None:
             while True:
                 try:
-                    body = queue.get_nowait()
+                    index, body = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
                 t0 = time.perf_counter()
                 try:
                     r = await client.post(url, json=body)
                     content = r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
-                    replies.append(Reply(r.status_code, content, t0, time.perf_counter() - t0))
+                    replies.append(Reply(r.status_code, content, t0, time.perf_counter() - t0, index))
                 except httpx.HTTPError as exc:
-                    replies.append(Reply(0, repr(exc), t0, time.perf_counter() - t0))
+                    replies.append(Reply(0, repr(exc), t0, time.perf_counter() - t0, index))
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return replies

@@ -1,0 +1,55 @@
+"""The gateway (port 8000), the mesh's entry service.
+
+`bentoml serve .` (the mesh bento) starts it with the three scorers it depends on. With
+HEALMESH_XGB_URL / _TORCH_URL / _FALLBACK_URL set, it calls scorers served elsewhere
+instead (that is how `make up` runs it: each scorer its own server on 8001-8003).
+"""
+
+import bentoml
+
+from bentos.fallback_scorer import FallbackScorer
+from bentos.torch_scorer import TorchScorer
+from bentos.xgboost_scorer import XGBoostScorer
+from healmesh.gateway.api import build_app
+from healmesh.gateway.wiring import redis_client, scorer_address
+from healmesh.settings import get_settings
+
+S = get_settings()
+API_ROUTES = ["/api/v1/predict", "/api/v1/feedback"]
+
+
+@bentoml.service(
+    name="gateway",
+    workers=S.gateway_workers,
+    traffic={"timeout": 30},
+    logging={"access": {"enabled": S.gateway_access_log}},
+    # the gateway answers (degraded if it must) with every scorer down: it stays ready
+    runner_probe={"enabled": False},
+    **({} if S.gateway_tracing else {"tracing": {"excluded_urls": API_ROUTES}}),
+)
+@bentoml.asgi_app(build_app(), path="/api/v1")
+class Gateway:
+    xgboost = bentoml.depends(XGBoostScorer, url=S.xgb_url)
+    pytorch = bentoml.depends(TorchScorer, url=S.torch_url)
+    fallback = bentoml.depends(FallbackScorer, url=S.fallback_url)
+
+    def __init__(self) -> None:
+        from healmesh.gateway.core import GatewayCore
+        from healmesh.gateway.metrics import GatewayMetrics  # after BentoML set up its metrics dir
+
+        deps = type(self)
+        addresses = {"xgboost": scorer_address(deps.xgboost, "HEALMESH_XGB_URL"),
+                     "pytorch": scorer_address(deps.pytorch, "HEALMESH_TORCH_URL"),
+                     "fallback": scorer_address(deps.fallback, "HEALMESH_FALLBACK_URL")}
+        self.core = GatewayCore(S, addresses, GatewayMetrics(), redis_client(S))
+
+    @bentoml.on_startup
+    async def _start(self) -> None:
+        await self.core.start()
+
+    @bentoml.on_shutdown
+    async def _stop(self) -> None:
+        await self.core.stop()
+
+    def __is_ready__(self) -> bool:
+        return True

@@ -1,0 +1,190 @@
+"""The control state in Redis: routing weights, shadow mode, rollout, drift scores, and the
+audit trail of every change.
+
+Keys (prefix ``settings.key_prefix``):
+- ``<p>:control``  hash: ``weights``, ``shadow``, ``rollout`` (JSON each), ``version`` (int)
+- ``<p>:audit``    stream: one entry per change (what, who, why, when, before, after)
+- ``<p>:drift``    hash: ``summary`` (JSON), written by the drift DAG, read by the gateway
+
+Routing state changes only here, through the gateway's admin API (the DAGs call it). Every
+gateway worker polls the hash (``control_poll_s``), so a change reaches all of them within
+a second; a worker that cannot reach Redis keeps the last state it read.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from healmesh.policies import routing
+from healmesh.policies.routing import Weights
+
+AUDIT_MAXLEN = 10_000
+
+
+@dataclass(frozen=True)
+class Shadow:
+    enabled: bool = False
+    target: str = routing.PYTORCH
+
+    def __post_init__(self) -> None:
+        if self.target not in routing.VARIANTS:
+            raise ValueError(f"shadow target must be one of {', '.join(routing.VARIANTS)}, but was {self.target!r}")
+
+
+@dataclass(frozen=True)
+class Rollout:
+    stage: int = 0  # percent of the XGBoost share the canary takes
+    canary_version: str | None = None
+    status: str = "idle"  # idle | running | promoted | rolled_back
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.stage <= 100:
+            raise ValueError(f"stage must be in [0, 100], but was {self.stage}")
+        if self.stage > 0 and not self.canary_version:
+            raise ValueError("a rollout stage above 0 needs a canary_version")
+
+
+@dataclass(frozen=True)
+class DriftSummary:
+    """What the drift DAG publishes; the gateway exports it as metrics."""
+
+    checked_at: float | None = None
+    model_version: str | None = None
+    window_size: int = 0
+    decision: str = "none"  # none | drift | no_drift | insufficient_data
+    share_drifted: float = 0.0
+    scores: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # feature -> {psi, ks, ...}
+    report: str | None = None
+
+
+@dataclass(frozen=True)
+class ControlState:
+    weights: Weights = routing.DEFAULT
+    shadow: Shadow = Shadow()
+    rollout: Rollout = Rollout()
+    drift: DriftSummary = DriftSummary()
+    version: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {"weights": self.weights.as_dict(), "shadow": asdict(self.shadow), "rollout": asdict(self.rollout),
+                "drift": asdict(self.drift), "version": self.version}
+
+
+def weights_for_stage(weights: Weights, stage: int) -> Weights:
+    """Split the XGBoost share between stable and canary for a rollout stage."""
+    w = weights.as_dict()
+    xgb = w[routing.XGB_STABLE] + w[routing.XGB_CANARY]
+    w[routing.XGB_CANARY] = xgb * stage / 100.0
+    w[routing.XGB_STABLE] = xgb - w[routing.XGB_CANARY]
+    return Weights.parse(w)
+
+
+class ControlStore:
+    """Reads and changes the control state (redis.asyncio client)."""
+
+    def __init__(self, redis: Any, prefix: str) -> None:
+        self.redis = redis
+        self.key = f"{prefix}:control"
+        self.audit_key = f"{prefix}:audit"
+        self.drift_key = f"{prefix}:drift"
+
+    async def read(self) -> ControlState:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.key)
+        pipe.hget(self.drift_key, "summary")
+        raw, drift_raw = await pipe.execute()
+        return parse_state(raw, drift_raw)
+
+    async def change(self, what: str, value: Any, *, who: str, why: str) -> ControlState:
+        """Set one part of the state (``weights``, ``shadow`` or ``rollout``) and record it."""
+        before = await self.read()
+        after = _apply(before, what, value)
+        encoded = _encode_part(after, what)
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.key, mapping=encoded)
+        pipe.hincrby(self.key, "version", 1)
+        pipe.xadd(self.audit_key, {
+            "what": what, "who": who, "why": why, "when": f"{now:.3f}",
+            "before": json.dumps(_part(before, what)), "after": json.dumps(_part(after, what)),
+        }, maxlen=AUDIT_MAXLEN, approximate=True)
+        results = await pipe.execute()
+        return replace(after, version=int(results[1]))
+
+    async def audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        entries = await self.redis.xrevrange(self.audit_key, count=limit)
+        out = []
+        for entry_id, fields in entries:
+            rec = {_s(k): _s(v) for k, v in fields.items()}
+            out.append({"id": _s(entry_id), "what": rec["what"], "who": rec["who"], "why": rec["why"],
+                        "when": float(rec["when"]), "before": json.loads(rec["before"]),
+                        "after": json.loads(rec["after"])})
+        return out
+
+    async def publish_drift(self, summary: DriftSummary) -> None:
+        await self.redis.hset(self.drift_key, mapping={"summary": json.dumps(asdict(summary))})
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _part(state: ControlState, what: str) -> Any:
+    if what == "weights":
+        return state.weights.as_dict()
+    if what == "shadow":
+        return asdict(state.shadow)
+    if what == "rollout":
+        return asdict(state.rollout)
+    raise ValueError(f"unknown control part {what!r}")
+
+
+def _apply(state: ControlState, what: str, value: Any) -> ControlState:
+    if what == "weights":
+        return replace(state, weights=value if isinstance(value, Weights) else Weights.parse(value))
+    if what == "shadow":
+        return replace(state, shadow=value)
+    if what == "rollout":
+        rollout: Rollout = value
+        # the stage decides the stable/canary split of the XGBoost share
+        return replace(state, rollout=rollout, weights=weights_for_stage(state.weights, rollout.stage))
+    raise ValueError(f"unknown control part {what!r}")
+
+
+def _encode_part(state: ControlState, what: str) -> dict[str, str]:
+    out = {what: json.dumps(_part(state, what))}
+    if what == "rollout":
+        out["weights"] = json.dumps(state.weights.as_dict())
+    return out
+
+
+def parse_state(raw: Mapping[Any, Any], drift_raw: Any = None) -> ControlState:
+    """Tolerant: a missing or broken part keeps its default (and never stops routing)."""
+    fields = {_s(k): _s(v) for k, v in (raw or {}).items()}
+    state = ControlState()
+    try:
+        if "weights" in fields:
+            state = replace(state, weights=Weights.parse(json.loads(fields["weights"])))
+    except (ValueError, TypeError):
+        pass
+    try:
+        if "shadow" in fields:
+            state = replace(state, shadow=Shadow(**json.loads(fields["shadow"])))
+    except (ValueError, TypeError):
+        pass
+    try:
+        if "rollout" in fields:
+            state = replace(state, rollout=Rollout(**json.loads(fields["rollout"])))
+    except (ValueError, TypeError):
+        pass
+    try:
+        if drift_raw:
+            state = replace(state, drift=DriftSummary(**json.loads(_s(drift_raw))))
+    except (ValueError, TypeError):
+        pass
+    return replace(state, version=int(fields.get("version", 0) or 0))

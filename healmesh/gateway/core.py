@@ -1,0 +1,353 @@
+"""The gateway's runtime: wires the policies (routing, breakers, retry budget) to the
+transports (scorer HTTP clients, Redis) for one worker process.
+
+One request: choose a variant (weights after breakers, sticky by card id) -> call it within
+the deadline -> on error, timeout or overload retry once on the next variant if the retry
+budget and the deadline allow -> the fallback scorer -> the gateway's own rules
+(``degraded``). Then, off the hot path: the feature-log record and, in shadow mode, a
+bounded fire-and-forget call to the shadow target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from healmesh import rules, schema
+from healmesh.gateway.control import ControlState, ControlStore
+from healmesh.gateway.feature_log import FeatureLog, LogRecord
+from healmesh.gateway.upstreams import CallResult, Outcome, ScorerClient, Upstream, probe_ready
+from healmesh.policies import routing
+from healmesh.policies.breaker import BreakerConfig, CircuitBreaker, State, Transition
+from healmesh.policies.retry_budget import RetryBudget, RetryBudgetConfig
+from healmesh.serving.scorer import freeze_heap
+from healmesh.settings import Settings
+
+log = logging.getLogger("healmesh.gateway")
+
+# scorer process -> the upstreams (variant name, route) it serves
+PROCESS_ROUTES: dict[str, tuple[tuple[str, str], ...]] = {
+    "xgboost": ((routing.XGB_STABLE, "/predict"), (routing.XGB_CANARY, "/predict_canary")),
+    "pytorch": ((routing.PYTORCH, "/predict"),),
+    "fallback": ((routing.FALLBACK, "/predict"),),
+}
+MIN_ATTEMPT_S = 0.005
+
+
+class Saturated(Exception):
+    """The gateway itself is full: shed with 503 + Retry-After."""
+
+
+@dataclass
+class Answer:
+    scores: list[dict[str, Any]]  # per row: probability, label, model, model_version
+    variant: str
+    fallback: bool = False
+    degraded: bool = False
+    attempts: list[tuple[str, str]] = field(default_factory=list)  # (upstream, outcome)
+
+
+def breaker_config(s: Settings) -> BreakerConfig:
+    return BreakerConfig(
+        consecutive_failures=s.breaker_consecutive_failures, failure_rate=s.breaker_failure_rate,
+        min_calls=s.breaker_min_calls, window_s=s.breaker_window_s, open_wait_s=s.breaker_open_wait_s,
+        half_open_probes=s.breaker_half_open_probes, probes_to_close=s.breaker_probes_to_close,
+        ramp=tuple(s.breaker_ramp), ramp_step_s=s.breaker_ramp_step_s)
+
+
+class GatewayCore:
+    def __init__(self, settings: Settings, addresses: Mapping[str, str], metrics: Any, redis: Any) -> None:
+        self.s = settings
+        self.metrics = metrics
+        self.redis = redis
+        self.control = ControlStore(redis, settings.key_prefix)
+        self.state = ControlState()
+        self.feature_log = FeatureLog(
+            redis, settings.key_prefix, maxlen=settings.feature_stream_maxlen, ttl_s=settings.feedback_ttl_s,
+            buffer_max=settings.feature_buffer_max, batch_size=settings.feature_flush_batch,
+            flush_interval_s=settings.feature_flush_interval_ms / 1000.0)
+        self.clients = {proc: ScorerClient(addr) for proc, addr in addresses.items()}
+        self.addresses = dict(addresses)
+        self.upstreams: dict[str, Upstream] = {
+            name: Upstream(name, proc, self.clients[proc], route)
+            for proc, routes in PROCESS_ROUTES.items() for name, route in routes}
+        config = breaker_config(settings)
+        self.breakers = {name: CircuitBreaker(name, config) for name in self.upstreams}
+        for b in self.breakers.values():
+            b.listeners.append(self._on_transition)
+        self.transitions: deque[dict[str, Any]] = deque(maxlen=200)
+        self.budget = RetryBudget(RetryBudgetConfig(settings.retry_budget_ratio, settings.retry_budget_window_s,
+                                                    settings.retry_budget_min))
+        self.in_flight = 0
+        self.shadow_in_flight = 0
+        self.shadow_dropped = 0
+        self._agreement: deque[bool] = deque(maxlen=1_000)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._rollout_labels: tuple[str, str] | None = None
+        self._counted = {"written": 0, "dropped": 0, "flush_errors": 0}  # feature-log stats already exported
+        self._rng = random.Random()
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        freeze_heap()  # see healmesh.serving.scorer.freeze_heap: GC pauses were the p99
+        await self.refresh_control()
+        self.feature_log.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._poll_control(), name="control-poll"),
+                       loop.create_task(self._probe_loop(), name="readyz-probes")]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.feature_log.stop()
+        for c in self.clients.values():
+            await c.close()
+
+    # --- control state -------------------------------------------------------------------
+    async def refresh_control(self) -> bool:
+        try:
+            self.state = await self.control.read()
+            ok = True
+        except Exception as exc:  # keep routing with the last state we read
+            log.debug("control state unreadable: %s", exc)
+            ok = False
+        self._publish_state(ok)
+        return ok
+
+    async def _poll_control(self) -> None:
+        while True:
+            await asyncio.sleep(self.s.control_poll_s)
+            await self.refresh_control()
+
+    def _publish_state(self, redis_ok: bool) -> None:
+        m = self.metrics
+        m.redis_up.set(1.0 if (redis_ok and self.feature_log.stats.redis_up) else 0.0)
+        m.publish_weights(self.state.weights.as_dict(), self.effective_weights())
+        m.control_version.set(self.state.version)
+        for name, b in self.breakers.items():
+            m.breaker_state.labels(name).set(b.state.level)
+        m.log_buffered.set(self.feature_log.buffered)
+        stats = self.feature_log.stats
+        for label, now, before in (("written", stats.written, self._counted["written"]),
+                                   ("dropped", stats.dropped, self._counted["dropped"])):
+            if now > before:
+                m.log_records.labels(label).inc(now - before)
+        if stats.flush_errors > self._counted["flush_errors"]:
+            m.log_flush_errors.inc(stats.flush_errors - self._counted["flush_errors"])
+        self._counted = {"written": stats.written, "dropped": stats.dropped, "flush_errors": stats.flush_errors}
+        drift = self.state.drift
+        for feature, stats in drift.scores.items():
+            for stat, value in stats.items():
+                m.drift_score.labels(feature, stat).set(float(value))
+        m.drift_detected.set(1.0 if drift.decision == "drift" else 0.0)
+        m.drift_share.set(drift.share_drifted)
+        if drift.checked_at:
+            m.drift_checked_at.set(drift.checked_at)
+        rollout = self.state.rollout
+        m.rollout_stage.set(rollout.stage)
+        labels = (rollout.status, rollout.canary_version or "")
+        if labels != self._rollout_labels:
+            if self._rollout_labels is not None:
+                m.rollout_info.labels(*self._rollout_labels).set(0)
+            m.rollout_info.labels(*labels).set(1)
+            self._rollout_labels = labels
+
+    # --- breakers and probes -------------------------------------------------------------
+    def _on_transition(self, t: Transition) -> None:
+        log.warning("breaker %s: %s -> %s (%s)", t.upstream, t.from_state.value, t.to_state.value, t.reason)
+        self.metrics.breaker_transitions.labels(t.upstream, t.from_state.value, t.to_state.value).inc()
+        self.metrics.breaker_state.labels(t.upstream).set(t.to_state.level)
+        self.transitions.append({"upstream": t.upstream, "from": t.from_state.value, "to": t.to_state.value,
+                                 "reason": t.reason, "at": time.time()})
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.s.probe_interval_s)
+            results = await asyncio.gather(*(probe_ready(c, timeout_s=min(1.0, self.s.probe_interval_s))
+                                             for c in self.clients.values()))
+            for (proc, _), ok in zip(self.clients.items(), results, strict=True):
+                for name, _route in PROCESS_ROUTES[proc]:
+                    self.breakers[name].record_probe(ok)
+
+    def effective_weights(self) -> dict[str, float]:
+        capacity = {v: self.breakers[v].capacity() for v in routing.VARIANTS}
+        return routing.effective(self.state.weights, capacity)
+
+    # --- one prediction ------------------------------------------------------------------
+    async def predict(self, rows: list[dict[str, Any]], key: str | None) -> tuple[list[dict[str, Any]], Answer]:
+        if self.in_flight >= self.s.max_in_flight:
+            self.metrics.rejected.labels("503").inc()
+            raise Saturated()
+        self.in_flight += 1
+        t0 = time.perf_counter()
+        try:
+            answer = await self._answer(rows, key, t0 + self.s.deadline_ms / 1000.0)
+        finally:
+            self.in_flight -= 1
+        elapsed = time.perf_counter() - t0
+        latency_ms = round(elapsed * 1000.0, 3)
+        request_ids = [uuid.uuid4().hex for _ in rows]
+        out = [{"request_id": rid, "probability": sc["probability"], "label": sc["label"], "model": sc["model"],
+                "model_version": sc["model_version"], "variant": answer.variant, "fallback": answer.fallback,
+                "degraded": answer.degraded, "latency_ms": latency_ms}
+               for rid, sc in zip(request_ids, answer.scores, strict=True)]
+        outcome = "degraded" if answer.degraded else "fallback" if answer.fallback else "ok"
+        self.metrics.requests.labels(answer.variant, out[0]["model_version"], outcome).inc(len(rows))
+        self.metrics.latency.labels(answer.variant).observe(elapsed)
+        now = f"{time.time():.3f}"
+        for row, o in zip(rows, out, strict=True):
+            self._log_primary(row, o, now)
+        self._maybe_shadow(rows, out, answer.variant)
+        return out, answer
+
+    async def _answer(self, rows: list[dict[str, Any]], key: str | None, deadline: float) -> Answer:
+        body = json.dumps({"rows": rows}).encode()
+        n = len(rows)
+        weights = self.effective_weights()
+        point = routing.key_point(key) if (key and self.s.sticky_routing) else self._rng.random()
+        candidate = routing.choose(weights, point)
+        tried: list[str] = []
+        attempts: list[tuple[str, str]] = []
+        calls = 0
+        self.budget.record_request()
+        while candidate is not None and calls < 2:
+            breaker = self.breakers[candidate]
+            if calls == 1:
+                if deadline - time.perf_counter() - self.s.fallback_reserve_ms / 1000.0 < MIN_ATTEMPT_S:
+                    self.metrics.retries.labels("denied_deadline").inc()
+                    break
+                if not self.budget.try_spend():
+                    self.metrics.retries.labels("denied_budget").inc()
+                    break
+                self.metrics.retries.labels("allowed").inc()
+            if not breaker.acquire():  # half-open and its probe slots are taken
+                tried.append(candidate)
+                candidate = next(iter(routing.failover_candidates(weights, tried)), None)
+                continue
+            timeout = min(self.s.attempt_timeout_ms / 1000.0,
+                          deadline - time.perf_counter() - self.s.fallback_reserve_ms / 1000.0)
+            if timeout < MIN_ATTEMPT_S:
+                breaker.release()
+                break
+            result = await self.upstreams[candidate].predict(body, n, timeout)
+            calls += 1
+            self._record(candidate, result)
+            attempts.append((candidate, result.outcome.value))
+            if result.outcome is Outcome.OK:
+                return Answer(self._scores(result), candidate, attempts=attempts)
+            tried.append(candidate)
+            candidate = next(iter(routing.failover_candidates(weights, tried)), None)
+
+        remaining = deadline - time.perf_counter()
+        fb = self.breakers[routing.FALLBACK]
+        if remaining >= MIN_ATTEMPT_S and fb.acquire():
+            result = await self.upstreams[routing.FALLBACK].predict(body, n, remaining)
+            self._record(routing.FALLBACK, result)
+            attempts.append((routing.FALLBACK, result.outcome.value))
+            if result.outcome is Outcome.OK:
+                return Answer(self._scores(result), routing.FALLBACK, fallback=True, attempts=attempts)
+        return Answer(self._rules(rows), routing.RULES, fallback=True, degraded=True, attempts=attempts)
+
+    def _record(self, upstream: str, result: CallResult) -> None:
+        breaker = self.breakers[upstream]
+        if result.outcome is Outcome.OK:
+            breaker.record_success()
+        elif result.outcome is Outcome.OVERLOADED:
+            breaker.release()  # busy, not broken: shed the load, do not trip
+        else:
+            breaker.record_failure(result.outcome.value)
+        self.metrics.upstream_calls.labels(upstream, result.outcome.value).inc()
+        self.metrics.upstream_latency.labels(upstream).observe(result.seconds)
+
+    @staticmethod
+    def _scores(result: CallResult) -> list[dict[str, Any]]:
+        assert result.rows is not None
+        return [{"probability": float(r["probability"]), "label": int(r["label"]), "model": str(r["model"]),
+                 "model_version": str(r["model_version"])} for r in result.rows]
+
+    @staticmethod
+    def _rules(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        probs = rules.score_records(rows)
+        return [{"probability": float(p), "label": int(p >= rules.THRESHOLD), "model": routing.RULES,
+                 "model_version": rules.RULES_VERSION} for p in probs]
+
+    # --- feature log and shadow ----------------------------------------------------------
+    def _log_primary(self, row: Mapping[str, Any], out: Mapping[str, Any], now: str) -> None:
+        features = {name: row[name] for name in schema.FEATURE_NAMES}
+        self.feature_log.append(LogRecord(
+            request_id=out["request_id"], kind="primary",
+            stream_fields={"request_id": out["request_id"], "kind": "primary", "ts": now,
+                           "variant": out["variant"], "model": out["model"], "model_version": out["model_version"],
+                           "probability": repr(out["probability"]), "label": str(out["label"]),
+                           "fallback": str(int(out["fallback"])), "degraded": str(int(out["degraded"])),
+                           "latency_ms": repr(out["latency_ms"]), "card_id": str(row.get(schema.ENTITY_KEY) or ""),
+                           "features": json.dumps(features)},
+            hash_fields={"ts": now, "variant": out["variant"], "model": out["model"],
+                         "model_version": out["model_version"], "probability": repr(out["probability"])}))
+
+    def _maybe_shadow(self, rows: list[dict[str, Any]], out: list[dict[str, Any]], primary: str) -> None:
+        shadow = self.state.shadow
+        if not shadow.enabled or shadow.target == primary:
+            return
+        if self.shadow_in_flight >= self.s.shadow_max_in_flight:
+            self.shadow_dropped += 1
+            self.metrics.shadow_calls.labels("dropped").inc()
+            return
+        self.shadow_in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._shadow_call(shadow.target, rows, out))
+        task.add_done_callback(self._shadow_done)
+
+    def _shadow_done(self, _task: asyncio.Task[None]) -> None:
+        self.shadow_in_flight -= 1
+
+    async def _shadow_call(self, target: str, rows: list[dict[str, Any]], out: list[dict[str, Any]]) -> None:
+        body = json.dumps({"rows": rows}).encode()
+        result = await self.upstreams[target].predict(body, len(rows), self.s.shadow_timeout_ms / 1000.0)
+        if result.outcome is not Outcome.OK:
+            self.metrics.shadow_calls.labels("error").inc()
+            return
+        self.metrics.shadow_calls.labels("ok").inc()
+        now = f"{time.time():.3f}"
+        for primary, sc in zip(out, self._scores(result), strict=True):
+            agree = sc["label"] == primary["label"]
+            self._agreement.append(agree)
+            self.metrics.shadow_compared.labels(str(agree).lower()).inc()
+            self.feature_log.append(LogRecord(
+                request_id=primary["request_id"], kind="shadow",
+                stream_fields={"request_id": primary["request_id"], "kind": "shadow", "ts": now, "variant": target,
+                               "model": sc["model"], "model_version": sc["model_version"],
+                               "probability": repr(sc["probability"]), "label": str(sc["label"]),
+                               "primary_label": str(primary["label"]), "agree": str(int(agree)),
+                               "latency_ms": repr(round(result.seconds * 1000.0, 3))},
+                hash_fields={"shadow_variant": target, "shadow_model_version": sc["model_version"],
+                             "shadow_probability": repr(sc["probability"])}))
+        self.metrics.shadow_agreement.set(sum(self._agreement) / len(self._agreement))
+
+    # --- views ---------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        stats = self.feature_log.stats
+        return {
+            "control": self.state.describe(),
+            "effective_weights": self.effective_weights(),
+            "breakers": {name: {"state": b.state.value, "capacity": b.capacity()} for name, b in self.breakers.items()},
+            "transitions": list(self.transitions)[-50:],
+            "feature_log": {"written": stats.written, "dropped": stats.dropped, "buffered": self.feature_log.buffered,
+                            "flush_errors": stats.flush_errors, "redis_up": stats.redis_up,
+                            "last_error": stats.last_error},
+            "shadow": {"in_flight": self.shadow_in_flight, "dropped": self.shadow_dropped,
+                       "agreement": (sum(self._agreement) / len(self._agreement)) if self._agreement else None},
+            "upstreams": self.addresses,
+            "in_flight": self.in_flight,
+        }
+
+    def breaker_state(self, name: str) -> State:
+        return self.breakers[name].state

@@ -1,0 +1,94 @@
+"""Weighted routing among the model variants, optionally sticky by an entity key.
+
+Variants are the model endpoints with a routing weight. An open (or ramping) breaker scales a
+variant's weight by its capacity; the share it loses goes to the other variants that have a
+weight, in proportion. With no variant left the caller goes to the fallback scorer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+XGB_STABLE = "xgboost_stable"
+XGB_CANARY = "xgboost_canary"
+PYTORCH = "pytorch"
+VARIANTS: tuple[str, ...] = (XGB_STABLE, XGB_CANARY, PYTORCH)
+FALLBACK = "fallback"  # the rule scorer: not weighted, the next step after the variants
+RULES = "gateway_rules"  # the gateway's own in-process rules: the last resort
+
+DEFAULT_WEIGHTS: Mapping[str, float] = {XGB_STABLE: 0.8, XGB_CANARY: 0.0, PYTORCH: 0.2}
+
+
+class WeightsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Routing weights over ``VARIANTS``, normalised to sum 1."""
+
+    values: tuple[tuple[str, float], ...]
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, float]) -> Weights:
+        unknown = sorted(set(raw) - set(VARIANTS))
+        if unknown:
+            raise WeightsError(f"unknown variant {unknown[0]!r}; variants are {', '.join(VARIANTS)}")
+        values = {v: float(raw.get(v, 0.0)) for v in VARIANTS}
+        for v, w in values.items():
+            if not math.isfinite(w) or w < 0:
+                raise WeightsError(f"weight of {v!r} must be a finite number >= 0, but was {raw.get(v)!r}")
+        total = sum(values.values())
+        if total <= 0:
+            raise WeightsError("at least one weight must be > 0")
+        return cls(tuple((v, values[v] / total) for v in VARIANTS))
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.values)
+
+    def get(self, variant: str) -> float:
+        return dict(self.values).get(variant, 0.0)
+
+
+DEFAULT = Weights.parse(DEFAULT_WEIGHTS)
+
+
+def effective(weights: Weights, capacity: Mapping[str, float]) -> dict[str, float]:
+    """Weights after breakers: each variant keeps ``weight * capacity``; the rest goes to
+    the variants that still have a weight, pro rata. All zero means: no variant is usable."""
+    kept = {v: w * max(0.0, min(1.0, capacity.get(v, 1.0))) for v, w in weights.values}
+    total = sum(kept.values())
+    if total <= 0:
+        return {v: 0.0 for v in VARIANTS}
+    return {v: k / total for v, k in kept.items()}
+
+
+def key_point(key: str) -> float:
+    """A stable point in [0, 1) for an entity key (same key, same point, every process)."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def choose(weights: Mapping[str, float], point: float) -> str | None:
+    """The variant whose cumulative weight interval holds ``point`` (0 <= point < 1)."""
+    acc = 0.0
+    last = None
+    for v in VARIANTS:
+        w = weights.get(v, 0.0)
+        if w <= 0:
+            continue
+        acc += w
+        last = v
+        if point < acc:
+            return v
+    return last  # rounding: a point at the very top belongs to the last variant
+
+
+def failover_candidates(weights: Mapping[str, float], tried: Iterable[str]) -> list[str]:
+    """Variants still usable for a retry, the largest share first."""
+    done = set(tried)
+    left = [(w, v) for v, w in weights.items() if w > 0 and v not in done]
+    return [v for _, v in sorted(left, key=lambda x: (-x[0], VARIANTS.index(x[1])))]

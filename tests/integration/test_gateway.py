@@ -1,0 +1,388 @@
+"""The gateway against real Redis and real scorer processes."""
+
+from __future__ import annotations
+
+import collections
+import json
+import statistics
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from healmesh.gateway.control import ControlStore, DriftSummary
+
+from .conftest import TOKEN, scorer_env, scorer_urls, start_gateway, start_redis, start_scorer
+from .load import run, transactions
+
+pytestmark = pytest.mark.integration
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def anonymous(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Transactions without a card id: routed at random by the weights."""
+    return [{k: v for k, v in tx.items() if k != "card_id"} for tx in transactions(n, seed=seed)]
+
+
+def admin(url: str, method: str, path: str, **kw: Any) -> httpx.Response:
+    return httpx.request(method, f"{url}/api/v1/admin{path}", headers=AUTH, timeout=10, **kw)
+
+
+def state(url: str) -> dict[str, Any]:
+    return admin(url, "GET", "/state").json()
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def stream_len(redis_port: int, prefix: str, key: str = "features") -> int:
+    return redis.Redis(port=redis_port).xlen(f"{prefix}:{key}")
+
+
+def shares(replies) -> dict[str, float]:
+    counts = collections.Counter(r.body["variant"] for r in replies)
+    return {k: v / len(replies) for k, v in counts.items()}
+
+
+def no_errors(replies) -> None:
+    bad = [(r.status, r.body) for r in replies if r.status != 200]
+    assert not bad, bad[:3]
+
+
+# --- routing ----------------------------------------------------------------------------------
+
+
+def test_5000_requests_split_80_20(gateway):
+    replies = run(gateway.url + "/api/v1/predict", anonymous(5_000, seed=1), concurrency=32)
+    no_errors(replies)
+    split = shares(replies)
+    print(f"\nsplit over 5000: {split}")
+    assert abs(split.get("xgboost_stable", 0) - 0.8) <= 0.03
+    assert abs(split.get("pytorch", 0) - 0.2) <= 0.03
+    for r in replies[:50]:
+        assert set(r.body) == {"request_id", "probability", "label", "model", "model_version", "variant",
+                               "fallback", "degraded", "latency_ms"}
+        assert not r.body["fallback"] and not r.body["degraded"]
+
+
+def test_sticky_keys_hold_their_variant(gateway):
+    base = anonymous(1, seed=2)[0]
+    bodies = [base | {"card_id": f"card-{i % 300}"} for i in range(1_500)]
+    replies = run(gateway.url + "/api/v1/predict", bodies, concurrency=16)
+    no_errors(replies)
+    seen: dict[str, set[str]] = collections.defaultdict(set)
+    for r in replies:
+        seen[bodies[r.index]["card_id"]].add(r.body["variant"])
+    assert len(seen) == 300
+    assert all(len(v) == 1 for v in seen.values()), "a card changed variant while the weights stood"
+    variants = collections.Counter(next(iter(v)) for v in seen.values())
+    assert set(variants) == {"xgboost_stable", "pytorch"}  # the keys spread over both
+    assert 0.7 <= variants["xgboost_stable"] / 300 <= 0.9
+
+
+def test_weight_change_through_admin_reaches_traffic(gateway):
+    url = gateway.url
+    assert httpx.put(url + "/api/v1/admin/weights", json={"weights": {"pytorch": 1}, "why": "x"}).status_code == 401
+    assert httpx.get(url + "/api/v1/admin/state", headers={"Authorization": "Bearer nope"}).status_code == 401
+    try:
+        r = admin(url, "PUT", "/weights", json={"weights": {"xgboost_stable": 1, "pytorch": 1},
+                                                 "why": "test 50/50", "who": "pytest"})
+        assert r.status_code == 200 and r.json()["weights"]["pytorch"] == 0.5
+        time.sleep(1.0)  # every worker polls the control state within a second
+        replies = run(url + "/api/v1/predict", anonymous(1_000, seed=3), concurrency=16)
+        no_errors(replies)
+        assert abs(shares(replies).get("pytorch", 0) - 0.5) <= 0.06
+        audit = admin(url, "GET", "/audit?limit=5").json()
+        latest = audit[0]
+        assert (latest["what"], latest["who"], latest["why"]) == ("weights", "pytest", "test 50/50")
+        assert latest["after"]["pytorch"] == 0.5 and latest["before"]["pytorch"] == 0.2 and latest["when"] > 0
+        bad = admin(url, "PUT", "/weights", json={"weights": {"xgboost_canary": 1}, "why": "no canary"})
+        assert bad.status_code == 409
+        assert admin(url, "PUT", "/weights", json={"weights": {"catboost": 1}, "why": "x"}).status_code == 422
+    finally:
+        admin(url, "PUT", "/weights", json={"weights": {"xgboost_stable": 0.8, "pytorch": 0.2}, "why": "restore"})
+        time.sleep(1.0)
+
+
+def test_rollout_stage_splits_the_xgboost_share(gateway):
+    url = gateway.url
+    try:
+        r = admin(url, "PUT", "/rollout", json={"stage": 10, "why": "no version"})
+        assert r.status_code == 422
+        r = admin(url, "PUT", "/rollout", json={"stage": 25, "canary_version": "1", "why": "canary test"})
+        assert r.status_code == 200
+        w = r.json()["weights"]
+        assert w["xgboost_canary"] == pytest.approx(0.2) and w["xgboost_stable"] == pytest.approx(0.6)
+        assert admin(url, "GET", "/rollout").json()["canary_version"] == "1"
+    finally:
+        admin(url, "PUT", "/rollout", json={"stage": 0, "status": "idle", "why": "restore"})
+        time.sleep(1.0)
+
+
+# --- breakers -----------------------------------------------------------------------------------
+
+
+def test_breaker_opens_on_a_failing_scorer_and_traffic_ramps_back(gateway, scorers):
+    url, xgb = gateway.url, scorers["xgboost"].url
+    assert httpx.put(xgb + "/admin/faults", headers=AUTH, json={"error_rate": 1.0}).status_code == 200
+    try:
+        failing = run(url + "/api/v1/predict", anonymous(400, seed=4), concurrency=8)
+        no_errors(failing)
+        assert {r.body["variant"] for r in failing} <= {"pytorch", "fallback", "xgboost_stable"} and \
+            not any(r.body["variant"] == "xgboost_stable" for r in failing)
+        st = state(url)
+        assert st["breakers"]["xgboost_stable"]["state"] in ("open", "half_open")
+        opened = [t for t in st["transitions"] if t["upstream"] == "xgboost_stable" and t["to"] == "open"]
+        assert opened and "5 consecutive failures" in opened[0]["reason"]
+        late = failing[-200:]
+        assert shares(late).get("pytorch", 0) > 0.9  # its share went to the healthy model
+    finally:
+        httpx.delete(xgb + "/admin/faults", headers=AUTH)
+    # healed: half-open probes, closed, then the share comes back in steps
+    t_heal = time.monotonic()
+    trickle = anonymous(2_000, seed=5)
+    i = 0
+
+    def closed() -> bool:
+        nonlocal i
+        run(url + "/api/v1/predict", trickle[i % 2000: i % 2000 + 20], concurrency=4)
+        i += 20
+        return state(url)["breakers"]["xgboost_stable"]["state"] == "closed"
+
+    wait_for(closed, timeout=20, what="the xgboost_stable breaker to close")
+    moves = [(t["from"], t["to"]) for t in state(url)["transitions"] if t["upstream"] == "xgboost_stable"]
+    assert moves[-3:] == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")] or \
+        ("half_open", "closed") in moves
+    ramp = []
+    for _ in range(6):
+        ramp.append(state(url)["effective_weights"]["xgboost_stable"])
+        run(url + "/api/v1/predict", anonymous(60, seed=6), concurrency=4)
+        time.sleep(0.5)
+    print(f"\nrecovered in {time.monotonic() - t_heal:.1f}s; effective weight during the ramp: {ramp}")
+    assert ramp[0] < 0.8 and any(0 < w < 0.8 for w in ramp)  # in steps, not all at once
+    wait_for(lambda: state(url)["effective_weights"]["xgboost_stable"] == pytest.approx(0.8), timeout=10,
+             what="the full 80 % share")
+    back = run(url + "/api/v1/predict", anonymous(2_000, seed=7), concurrency=16)
+    no_errors(back)
+    assert abs(shares(back).get("xgboost_stable", 0) - 0.8) <= 0.04
+
+
+def test_overload_sheds_to_other_variants_without_tripping(gateway, scorers):
+    url, xgb = gateway.url, scorers["xgboost"].url
+    httpx.put(xgb + "/admin/faults", headers=AUTH, json={"error_rate": 1.0, "status": 503})
+    try:
+        replies = run(url + "/api/v1/predict", anonymous(300, seed=8), concurrency=8)
+        no_errors(replies)
+        assert state(url)["breakers"]["xgboost_stable"]["state"] == "closed"  # busy is not broken
+        assert not any(r.body["variant"] == "xgboost_stable" for r in replies)
+        assert any(r.body["variant"] == "pytorch" for r in replies)
+    finally:
+        httpx.delete(xgb + "/admin/faults", headers=AUTH)
+
+
+# --- fallback chain (own scorers: this test stops them) ------------------------------------------
+
+
+def test_fallback_then_degraded_never_a_5xx(trained, mlflow_url, redis_srv, session_dir):
+    own = {name: start_scorer(name, session_dir, scorer_env(mlflow_url), tag="-chain")
+           for name in ("xgboost", "pytorch", "fallback")}
+    gw = start_gateway(session_dir, redis_srv.port, scorer_urls(own), tag="chain")
+    try:
+        for name in ("xgboost", "pytorch"):
+            httpx.put(own[name].url + "/admin/faults", headers=AUTH, json={"error_rate": 1.0})
+        replies = run(gw.url + "/api/v1/predict", anonymous(300, seed=9), concurrency=8)
+        no_errors(replies)
+        assert {r.body["variant"] for r in replies} == {"fallback"}
+        assert all(r.body["fallback"] and not r.body["degraded"] and r.body["model"] == "rules" for r in replies)
+
+        for server in own.values():
+            server.stop()
+        replies = run(gw.url + "/api/v1/predict", anonymous(300, seed=10), concurrency=8)
+        no_errors(replies)
+        assert {r.body["variant"] for r in replies} == {"gateway_rules"}
+        assert all(r.body["degraded"] and r.body["fallback"] for r in replies)
+        assert all(0.0 <= r.body["probability"] <= 1.0 for r in replies)
+    finally:
+        gw.stop()
+        for server in own.values():
+            server.stop()
+
+
+# --- feature log ----------------------------------------------------------------------------------
+
+
+def test_redis_outage_loses_no_accepted_request(scorers, session_dir):
+    store = start_redis(session_dir, persist=True)
+    gw = start_gateway(session_dir, store.port, scorer_urls(scorers), tag="outage")
+    prefix = "hm-outage"
+    try:
+        bodies = anonymous(4_000, seed=11)
+        events: dict[str, float] = {}
+
+        def outage() -> None:
+            time.sleep(1.5)
+            store.stop()  # SIGTERM: Redis writes its append-only file and exits
+            events["stopped"] = time.monotonic()
+            time.sleep(3.0)
+            store.start()
+            procs_wait(store)
+            events["started"] = time.monotonic()
+
+        chaos = threading.Thread(target=outage)
+        chaos.start()
+        replies = run(gw.url + "/api/v1/predict", bodies, concurrency=16)
+        chaos.join()
+        no_errors(replies)
+        assert "stopped" in events and "started" in events
+        during = [r for r in replies if events["stopped"] < r.started < events["started"] - 0.5]
+        print(f"\n{len(replies)} answered, {len(during)} while Redis was down")
+        assert len(during) > 100, "the outage did not overlap the traffic"
+        wait_for(lambda: state(gw.url)["feature_log"]["buffered"] == 0 and state(gw.url)["feature_log"]["redis_up"],
+                 timeout=30, what="the buffer to drain")
+        st = state(gw.url)["feature_log"]
+        assert st["dropped"] == 0 and st["flush_errors"] > 0
+        assert stream_len(store.port, prefix) == len(replies) == 4_000
+        ids = {r.body["request_id"] for r in replies}
+        logged = redis.Redis(port=store.port).xrange(f"{prefix}:features", count=10)
+        assert all(f[b"request_id"].decode() in ids for _, f in logged)
+    finally:
+        gw.stop()
+        store.stop()
+
+
+def procs_wait(server) -> None:
+    from healmesh import procs
+
+    procs.wait_port(server)
+
+
+def test_shadow_keeps_primary_latency_and_logs_beside_it(gateway, redis_srv):
+    url, prefix = gateway.url, "hm-main"
+    bodies = anonymous(1_500, seed=12)
+
+    def latencies(replies) -> list[float]:
+        return sorted(r.latency * 1000 for r in replies)
+
+    def pct(xs: list[float], q: float) -> float:
+        return xs[int(q * (len(xs) - 1))]
+
+    off = run(url + "/api/v1/predict", bodies, concurrency=8)
+    no_errors(off)
+    try:
+        assert admin(url, "PUT", "/shadow", json={"enabled": True, "target": "pytorch",
+                                                  "why": "compare pytorch"}).status_code == 200
+        time.sleep(1.0)
+        on = run(url + "/api/v1/predict", bodies, concurrency=8)
+        no_errors(on)
+    finally:
+        admin(url, "PUT", "/shadow", json={"enabled": False, "why": "restore"})
+        time.sleep(1.0)
+    lo, ln = latencies(off), latencies(on)
+    print(f"\nprimary latency ms, shadow off / on: p50 {pct(lo, .5):.1f} / {pct(ln, .5):.1f}, "
+          f"p95 {pct(lo, .95):.1f} / {pct(ln, .95):.1f}, mean {statistics.mean(lo):.1f} / {statistics.mean(ln):.1f}")
+    assert pct(ln, 0.5) <= pct(lo, 0.5) * 1.5 + 3.0
+    assert pct(ln, 0.95) <= pct(lo, 0.95) * 1.5 + 5.0
+    st = state(url)["shadow"]
+    assert st["agreement"] is not None and 0.5 <= st["agreement"] <= 1.0
+    time.sleep(0.5)
+    r = redis.Redis(port=redis_srv.port)
+    entries = r.xrevrange(f"{prefix}:features", count=6_000)
+    shadow_ids = {f[b"request_id"] for _, f in entries if f[b"kind"] == b"shadow"}
+    primary = {f[b"request_id"]: f for _, f in entries if f[b"kind"] == b"primary"}
+    on_primary_pytorch = sum(1 for x in on if x.body["variant"] != "pytorch")
+    assert len(shadow_ids) >= 0.9 * on_primary_pytorch - st["dropped"]
+    assert shadow_ids <= set(primary)  # logged beside the primary, same request id
+    one = next(iter(shadow_ids))
+    assert r.hget(f"{prefix}:req:{one.decode()}", "shadow_variant") == b"pytorch"
+    text = httpx.get(url + "/metrics").text
+    assert "healmesh_gateway_shadow_agreement_ratio" in text and 'healmesh_gateway_shadow_calls_total{result="ok"}' in text
+
+
+# --- bad input, feedback ---------------------------------------------------------------------------
+
+
+def test_bad_inputs_get_the_right_4xx_and_leave_no_trace(gateway, redis_srv):
+    url, prefix = gateway.url, "hm-main"
+    time.sleep(0.3)
+    before = stream_len(redis_srv.port, prefix)
+    good = anonymous(1, seed=13)[0]
+    post = lambda body, **kw: httpx.post(url + "/api/v1/predict", content=body, timeout=10,  # noqa: E731
+                                         headers={"content-type": "application/json"}, **kw)
+    cases = [
+        (b'{"amount": 3', 400, None),
+        (json.dumps({k: v for k, v in good.items() if k != "hour"}), 422, "hour"),
+        (json.dumps(good | {"amount": "12"}), 422, "amount"),
+        (json.dumps(good | {"amount": -4.0}), 422, "amount"),
+        (json.dumps(good | {"hour": 2.5}), 422, "hour"),
+        (json.dumps(good | {"channel": "telepathy"}), 422, "channel"),
+        (json.dumps(good | {"surprise": 1}), 422, "surprise"),
+        (json.dumps([good, good | {"geo": "mars"}]), 422, "geo"),
+        (json.dumps([]), 422, None),
+        (json.dumps("hello"), 422, None),
+        (json.dumps([good] * 501), 413, None),
+        (b'{"amount": "' + b"9" * 1_100_000 + b'"}', 413, None),
+    ]
+    for body, status, field in cases:
+        r = post(body)
+        assert r.status_code == status, (body[:80], r.status_code, r.text[:300])
+        if field:
+            assert field in {d["field"] for d in r.json()["detail"]}, r.text[:300]
+    errs = post(json.dumps([good, good | {"geo": "mars"}])).json()["detail"]
+    assert errs[0]["loc"] == ["body", 1, "geo"]
+    time.sleep(0.5)
+    assert stream_len(redis_srv.port, prefix) == before
+
+
+def test_feedback_stores_ground_truth_idempotently(gateway, redis_srv):
+    url, prefix = gateway.url, "hm-main"
+    answer = httpx.post(url + "/api/v1/predict", json=anonymous(1, seed=14)[0]).json()
+    rid = answer["request_id"]
+    time.sleep(0.3)  # the record is written off the hot path
+    assert httpx.post(url + "/api/v1/feedback", json={"request_id": "nope", "label": 1}).status_code == 404
+    first = httpx.post(url + "/api/v1/feedback", json={"request_id": rid, "label": 1})
+    assert first.status_code == 200 and first.json()["status"] == "stored"
+    again = httpx.post(url + "/api/v1/feedback", json={"request_id": rid, "label": 1})
+    assert again.status_code == 200 and again.json()["status"] == "unchanged"
+    assert httpx.post(url + "/api/v1/feedback", json={"request_id": rid, "label": 0}).status_code == 409
+    assert httpx.post(url + "/api/v1/feedback", json={"request_id": rid, "label": 7}).status_code == 422
+    r = redis.Redis(port=redis_srv.port)
+    assert r.hget(f"{prefix}:req:{rid}", "label") == b"1"
+    labels = [f for _, f in r.xrange(f"{prefix}:feedback") if f[b"request_id"] == rid.encode()]
+    assert len(labels) == 1
+
+
+def test_metrics_cover_traffic_breakers_weights_log_drift_and_rollout(gateway, redis_srv):
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    url = gateway.url
+    run(url + "/api/v1/predict", anonymous(50, seed=15), concurrency=4)
+
+    async def publish() -> None:
+        client = aioredis.Redis(port=redis_srv.port)
+        await ControlStore(client, "hm-main").publish_drift(DriftSummary(
+            checked_at=1_700_000_000.0, model_version="1", window_size=5000, decision="drift", share_drifted=0.25,
+            scores={"amount": {"psi": 0.31, "ks": 0.2}}))
+        await client.aclose()
+
+    asyncio.run(publish())
+    time.sleep(1.2)
+    text = httpx.get(url + "/metrics").text
+    for needle in ['healmesh_gateway_requests_total{model_version="1",outcome="ok",variant="xgboost_stable"}',
+                   'healmesh_gateway_request_latency_seconds_bucket', 'healmesh_gateway_breaker_state{upstream="pytorch"}',
+                   'healmesh_gateway_weight{variant="xgboost_stable"} 0.8', 'healmesh_gateway_effective_weight',
+                   'healmesh_gateway_feature_log_records_total{state="written"}', 'healmesh_gateway_feature_log_buffered',
+                   'healmesh_drift_score{feature="amount",statistic="psi"} 0.31', 'healmesh_drift_detected 1.0',
+                   'healmesh_drift_last_check_timestamp_seconds 1.7e+09', 'healmesh_rollout_stage_percent',
+                   'healmesh_gateway_redis_up 1.0']:
+        assert needle in text, needle
