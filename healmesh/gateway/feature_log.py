@@ -14,6 +14,7 @@ stream holds every accepted request exactly once. The request hash (``<p>:req:<i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -127,10 +128,8 @@ class FeatureLog:
         self._wake.set()
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         if self._buffer:
             log.warning("feature log stopped with %d records unwritten", len(self._buffer))
 
@@ -139,10 +138,8 @@ class FeatureLog:
         while not self._stopping:
             if not self._buffer:
                 self._wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.flush_interval_s)
-                except TimeoutError:
-                    pass
                 continue
             batch = [self._buffer[i] for i in range(min(self.batch_size, len(self._buffer)))]
             try:

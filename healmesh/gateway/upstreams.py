@@ -55,14 +55,15 @@ def classify(status: int) -> Outcome:
 
 
 class ScorerClient:
-    """A connection pool to one scorer process: ``http(s)://host:port`` or ``unix:///x.sock``
+    """A connection pool to one scorer process: ``http(s)://host:port`` or a Unix socket
     (the address BentoML gives a dependency inside one `bentoml serve`). Opened in the loop."""
 
     def __init__(self, address: str, max_connections: int = 256) -> None:
         self.address = address
         self.max_connections = max_connections
         parsed = urlparse(address)
-        self._uds = parsed.path if parsed.scheme == "unix" else None
+        # BentoML hands a dependency in the same `bentoml serve` a socket as file:///....sock
+        self._uds = parsed.path if parsed.scheme in ("unix", "file") else None
         self.base = "http://scorer" if self._uds else address.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
 

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import httpx
@@ -53,9 +54,11 @@ def mesh_bento(trained):
 
 
 def test_mesh_bento_carries_both_models_and_the_code(mesh_bento, tmp_path):
+    """The mesh bento's entry is the gateway; its scorers carry their models."""
     tag, path = mesh_bento
     assert service_models(tag) == {"healmesh-xgboost", "healmesh-mlp"}
-    assert (path / "src" / "bentos" / "mesh.py").exists()
+    assert (path / "src" / "gateway" / "service.py").exists()
+    assert (path / "src" / "bentos" / "xgboost_scorer.py").exists()
     assert (path / "src" / "healmesh" / "schema.py").exists()
     assert not (path / "src" / "tests").exists()
     reqs = (path / "env" / "python" / "requirements.txt").read_text()
@@ -75,8 +78,10 @@ def test_each_scorer_builds_alone(trained, name, models, ml):
     assert ("xgboost" in reqs) == ml and ("torch" in reqs) == ml
 
 
-def test_built_mesh_serves_all_three_scorers_from_its_own_models(mesh_bento, session_dir, tmp_path):
-    """The exported bento, served with an empty model store and no registry: it carries its models."""
+def test_built_mesh_serves_gateway_and_scorers_from_its_own_models(mesh_bento, redis_srv, session_dir, tmp_path):
+    """One `bentoml serve` of the exported bento (empty model store, no registry) runs the
+    gateway and the three scorers under one supervisor; the gateway reaches them through the
+    BentoML composition, not through URLs."""
     tag, _ = mesh_bento
     shipped = export(tag, tmp_path)
     port = procs.free_port()
@@ -85,17 +90,30 @@ def test_built_mesh_serves_all_three_scorers_from_its_own_models(mesh_bento, ses
         name="mesh-bento", port=port, log_path=session_dir / "logs" / "mesh-bento.log", cwd=tmp_path,
         cmd=[sys.executable, "-m", "bentoml", "serve", str(shipped), "--host", "127.0.0.1", "-p", str(port)],
         env={"MLFLOW_TRACKING_URI": dead_registry, "HEALMESH_ADMIN_TOKEN": TOKEN,
+             "HEALMESH_REDIS_URL": f"redis://127.0.0.1:{redis_srv.port}/0", "HEALMESH_KEY_PREFIX": "hm-mesh",
              "BENTOML_HOME": str(tmp_path / "empty-bentoml-home")},
     )
     server.start()
     try:
         server.wait_ready(timeout=180)
-        rows = transactions(4, seed=6)
-        for scorer, model in (("xgboost", "xgboost"), ("pytorch", "mlp"), ("fallback", "rules")):
-            r = httpx.post(server.url + "/score", json={"scorer": scorer, "rows": rows}, timeout=30)
-            assert r.status_code == 200, r.text
-            assert [x["model"] for x in r.json()] == [model] * 4
-        bad = httpx.post(server.url + "/score", json={"scorer": "nope", "rows": rows})
-        assert bad.status_code == 400
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        upstreams = httpx.get(server.url + "/api/v1/admin/state", headers=auth).json()["upstreams"]
+        assert all(addr.startswith("file://") and addr.endswith(".sock") for addr in upstreams.values()), upstreams
+        rows = [{k: v for k, v in tx.items() if k != "card_id"} for tx in transactions(60, seed=6)]
+
+        def settled() -> bool:  # the scorers load their models after the gateway is ready
+            httpx.post(server.url + "/api/v1/predict", json=rows[0], timeout=30)
+            st = httpx.get(server.url + "/api/v1/admin/state", headers=auth).json()
+            return all(st["breakers"][v]["state"] == "closed" and st["breakers"][v]["capacity"] == 1.0
+                       for v in ("xgboost_stable", "pytorch", "fallback"))
+
+        deadline = time.monotonic() + 90
+        while not settled():
+            assert time.monotonic() < deadline, "the composed scorers never became healthy"
+            time.sleep(0.3)
+        answers = [httpx.post(server.url + "/api/v1/predict", json=row, timeout=30).json() for row in rows]
+        assert {a["variant"] for a in answers} == {"xgboost_stable", "pytorch"}
+        assert not any(a["degraded"] or a["fallback"] for a in answers)
+        assert {a["model"] for a in answers} == {"xgboost", "mlp"}
     finally:
         server.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import statistics
 import threading
 import time
@@ -386,3 +387,28 @@ def test_metrics_cover_traffic_breakers_weights_log_drift_and_rollout(gateway, r
                    'healmesh_drift_last_check_timestamp_seconds 1.7e+09', 'healmesh_rollout_stage_percent',
                    'healmesh_gateway_redis_up 1.0']:
         assert needle in text, needle
+
+
+def test_schemathesis_finds_no_server_error(scorers, redis_srv, session_dir):
+    """Property-based requests from the gateway's own OpenAPI document, admin routes included."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    gw = start_gateway(session_dir, redis_srv.port, scorer_urls(scorers), tag="schema")
+    try:
+        st = shutil.which("st", path=str(Path(sys.executable).parent))
+        assert st, "schemathesis is a dev dependency"
+        done = subprocess.run([st, "run", f"{gw.url}/api/v1/openapi.json", "--checks", "not_a_server_error",
+                               "-n", "30", "--request-timeout", "10", "--generation-deterministic",
+                               "-H", f"Authorization: Bearer {TOKEN}"],
+                              capture_output=True, text=True, timeout=600)
+        tail = done.stdout[-3000:]
+        print("\n" + tail)
+        assert done.returncode == 0, tail + done.stderr[-2000:]
+        m = re.search(r"(\d+) generated, (\d+) passed", done.stdout)
+        assert m and int(m.group(1)) >= 200 and m.group(1) == m.group(2), tail
+        assert httpx.post(gw.url + "/api/v1/predict", json=anonymous(1)[0]).status_code == 200
+    finally:
+        gw.stop()
