@@ -14,56 +14,19 @@ import argparse
 import json
 import os
 import platform
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from healmesh import procs, schema  # noqa: E402
-from healmesh.data import generate  # noqa: E402
+from common import one_transaction, prepare, run_wrk, write_results  # noqa: E402
+
+from healmesh import procs  # noqa: E402
 
 LEVELS = (1, 16, 64, 256)
-
-WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = [==[%s]==]
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT %%d %%f %%f %%f %%f %%d %%d %%d %%d %%d\\n",
-    summary.requests, summary.duration / 1e6,
-    latency:percentile(50) / 1e3, latency:percentile(95) / 1e3, latency:percentile(99) / 1e3,
-    e.status, e.connect, e.read, e.write, e.timeout))
-end
-"""
-
-
-def one_transaction() -> dict:
-    row = generate(1, seed=42)[list(schema.FEATURE_NAMES)].iloc[0].to_dict()
-    return {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
-
-
-def run_wrk(url: str, body: str, connections: int, duration: int, workdir: Path) -> dict:
-    script = workdir / f"wrk-{abs(hash(body))}.lua"
-    script.write_text(WRK_SCRIPT % body)
-    threads = min(2, connections)
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s",
-                          "-s", str(script), url], capture_output=True, text=True, check=True).stdout
-    m = re.search(r"^RESULT (.*)$", out, re.M)
-    if not m:
-        raise RuntimeError(f"wrk printed no result:\n{out}")
-    req, dur, p50, p95, p99, status, connect, read, write, timeout = m.group(1).split()
-    requests, seconds = int(req), float(dur)
-    return {"connections": connections, "requests": requests, "rps": round(requests / seconds, 1),
-            "p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2), "p99_ms": round(float(p99), 2),
-            "errors": {"non_2xx": int(status), "connect": int(connect), "read": int(read), "write": int(write),
-                       "timeout": int(timeout)}}
 
 
 def main() -> None:
@@ -72,21 +35,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--rows", type=int, default=40_000, help="training rows for the benchmark model")
     args = ap.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("wrk not found: apt-get install wrk")
-
-    work = Path(tempfile.mkdtemp(prefix="healmesh-bench-"))
-    env = {"HEALMESH_HOME": str(work / "home"), "BENTOML_HOME": str(work / "bentoml"),
-           # no registry: the scorer serves its built-in BentoML model
-           "HEALMESH_MLFLOW_TRACKING_URI": f"sqlite:///{work / 'none' / 'mlflow.db'}"}
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.update(env)
+    bench = prepare(args.rows)
+    work, env, report = bench.work, bench.env, bench.report
     from healmesh.settings import get_settings
-    from healmesh.training import TrainConfig, train
 
     settings = get_settings()
-    print(f"training the benchmark model on {args.rows} rows ...", flush=True)
-    report = train(generate(args.rows, seed=7), settings, TrainConfig(register=False, mlp_epochs=5))
     bundle_dir = str(work / "bentoml" / "models" / "healmesh-xgboost" / report.models["xgboost"].bento_tag.split(":")[1])
 
     tx = one_transaction()
@@ -125,11 +78,8 @@ def main() -> None:
             "max_batch_size": settings.xgb_max_batch_size, "max_latency_ms": settings.xgb_max_latency_ms,
             "model_threads": settings.model_threads, "workers": 1,
             "holdout_roc_auc": report.models["xgboost"].metrics["roc_auc"]}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scorer_bench.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    (args.out / "scorer_bench.md").write_text(render_markdown(meta, results))
-    print(f"wrote {args.out / 'scorer_bench.json'} and scorer_bench.md")
-    shutil.rmtree(work, ignore_errors=True)
+    write_results(args.out, "scorer_bench", {"meta": meta, "results": results}, render_markdown(meta, results))
+    bench.cleanup()
 
 
 def render_markdown(meta: dict, results: dict[str, list[dict]]) -> str:

@@ -10,7 +10,7 @@ import bentoml
 from bentos.fallback_scorer import FallbackScorer
 from bentos.torch_scorer import TorchScorer
 from bentos.xgboost_scorer import XGBoostScorer
-from healmesh.gateway.api import build_app
+from healmesh.gateway.api import PredictFastPath, build_app
 from healmesh.gateway.wiring import redis_client, scorer_address
 from healmesh.settings import get_settings
 
@@ -53,3 +53,6 @@ class Gateway:
 
     def __is_ready__(self) -> bool:
         return True
+
+
+Gateway.add_asgi_middleware(PredictFastPath)

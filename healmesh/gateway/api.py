@@ -81,6 +81,64 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def answer_predict(core: GatewayCore, raw: bytes, max_rows: int) -> tuple[int, bytes, dict[str, str]]:
+    """Status, JSON body and headers for one predict call (shared by both entry points)."""
+    try:
+        rows, single = parse_predict_body(raw, max_rows)
+    except ApiError as exc:
+        body: dict[str, Any] = {"error": exc.error}
+        if exc.detail is not None:
+            body["detail"] = exc.detail
+        return exc.status, json.dumps(body).encode(), {}
+    try:
+        out, _ = await core.predict(rows, rows[0].get(schema.ENTITY_KEY))
+    except Saturated:
+        return 503, b'{"error": "gateway saturated"}', {"Retry-After": "1"}
+    return 200, json.dumps(out[0] if single else out).encode(), {}
+
+
+class PredictFastPath:
+    """ASGI middleware answering ``POST /api/v1/predict`` before routing.
+
+    Measured with py-spy at ~1,000 req/s: BentoML's context middleware, Starlette's router and
+    mount, and FastAPI's own middleware and dependency stack took more CPU than the gateway's
+    work. The other routes (feedback, admin, OpenAPI) keep going through FastAPI."""
+
+    def __init__(self, app: Any, path: str = "/api/v1/predict") -> None:
+        self.app = app
+        self.path = path
+        self.settings = get_settings()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        status, payload, headers = await self._answer(scope, receive)
+        raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _answer(self, scope: Any, receive: Any) -> tuple[int, bytes, dict[str, str]]:
+        limit = self.settings.max_body_bytes
+        too_large = (413, json.dumps({"error": f"the body is larger than {limit} bytes"}).encode(), {})
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                return too_large
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return 400, b'{"error": "client disconnected"}', {}
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return too_large
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return await answer_predict(_core(), b"".join(chunks), self.settings.max_batch_rows)
+
+
 # --- response and admin models (they also make the OpenAPI document) ---------------------------
 
 class PredictAnswer(BaseModel):
@@ -165,17 +223,16 @@ def build_app() -> FastAPI:
                          422: {"description": "invalid fields, each named"},
                          503: {"description": "gateway saturated; retry after the Retry-After seconds"}})
     async def predict(request: Request) -> Any:
-        """Score one transaction (object) or a batch (list). Never 5xx while any path works."""
-        core = _core()
-        raw = await read_limited(request, settings.max_body_bytes)
-        rows, single = parse_predict_body(raw, settings.max_batch_rows)
-        key = rows[0].get(schema.ENTITY_KEY)
+        """Score one transaction (object) or a batch (list). Never 5xx while any path works.
+
+        In the served gateway `PredictFastPath` answers this route before FastAPI routing (the
+        same `answer_predict`); this handler documents it and serves it when that is absent."""
         try:
-            out, _ = await core.predict(rows, key)
-        except Saturated:
-            return JSONResponse({"error": "gateway saturated"}, status_code=503, headers={"Retry-After": "1"})
-        # already plain JSON types: skip FastAPI's response-model pass (measurable at 1,000 req/s)
-        return Response(json.dumps(out[0] if single else out), media_type="application/json")
+            raw = await read_limited(request, settings.max_body_bytes)
+        except ApiError as exc:
+            return JSONResponse({"error": exc.error}, status_code=exc.status)
+        status, payload, headers = await answer_predict(_core(), raw, settings.max_batch_rows)
+        return Response(payload, status_code=status, headers=headers, media_type="application/json")
 
     @app.post("/feedback", responses={404: {"description": "unknown request id"},
                                       409: {"description": "a different label is already stored"},

@@ -282,17 +282,13 @@ class GatewayCore:
 
     # --- feature log and shadow ----------------------------------------------------------
     def _log_primary(self, row: Mapping[str, Any], out: Mapping[str, Any], now: str) -> None:
-        features = {name: row[name] for name in schema.FEATURE_NAMES}
+        answer = {"variant": out["variant"], "model": out["model"], "model_version": out["model_version"],
+                  "probability": out["probability"], "label": out["label"]}
         self.feature_log.append(LogRecord(
-            request_id=out["request_id"], kind="primary",
-            stream_fields={"request_id": out["request_id"], "kind": "primary", "ts": now,
-                           "variant": out["variant"], "model": out["model"], "model_version": out["model_version"],
-                           "probability": repr(out["probability"]), "label": str(out["label"]),
-                           "fallback": str(int(out["fallback"])), "degraded": str(int(out["degraded"])),
-                           "latency_ms": repr(out["latency_ms"]), "card_id": str(row.get(schema.ENTITY_KEY) or ""),
-                           "features": json.dumps(features)},
-            hash_fields={"ts": now, "variant": out["variant"], "model": out["model"],
-                         "model_version": out["model_version"], "probability": repr(out["probability"])}))
+            request_id=out["request_id"], kind="primary", ts=now,
+            data={**answer, "fallback": out["fallback"], "degraded": out["degraded"], "latency_ms": out["latency_ms"],
+                  "card_id": row.get(schema.ENTITY_KEY), "features": {n: row[n] for n in schema.FEATURE_NAMES}},
+            summary={"ts": now, **answer}))
 
     def _maybe_shadow(self, rows: list[dict[str, Any]], out: list[dict[str, Any]], primary: str) -> None:
         shadow = self.state.shadow
@@ -321,15 +317,13 @@ class GatewayCore:
             agree = sc["label"] == primary["label"]
             self._agreement.append(agree)
             self.metrics.shadow_compared.labels(str(agree).lower()).inc()
+            answer = {"variant": target, "model": sc["model"], "model_version": sc["model_version"],
+                      "probability": sc["probability"], "label": sc["label"]}
             self.feature_log.append(LogRecord(
-                request_id=primary["request_id"], kind="shadow",
-                stream_fields={"request_id": primary["request_id"], "kind": "shadow", "ts": now, "variant": target,
-                               "model": sc["model"], "model_version": sc["model_version"],
-                               "probability": repr(sc["probability"]), "label": str(sc["label"]),
-                               "primary_label": str(primary["label"]), "agree": str(int(agree)),
-                               "latency_ms": repr(round(result.seconds * 1000.0, 3))},
-                hash_fields={"shadow_variant": target, "shadow_model_version": sc["model_version"],
-                             "shadow_probability": repr(sc["probability"])}))
+                request_id=primary["request_id"], kind="shadow", ts=now,
+                data={**answer, "primary_label": primary["label"], "agree": agree,
+                      "latency_ms": round(result.seconds * 1000.0, 3)},
+                summary={"ts": now, **answer}))
         self.metrics.shadow_agreement.set(sum(self._agreement) / len(self._agreement))
 
     # --- views ---------------------------------------------------------------------------

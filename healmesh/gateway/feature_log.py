@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import deque
@@ -23,20 +24,13 @@ from typing import Any
 
 log = logging.getLogger("healmesh.feature_log")
 
-# KEYS: request hash, stream. ARGV: marker field, ttl, maxlen, n hash pairs, hash pairs..., stream pairs...
+# KEYS: request hash, stream. ARGV: marker, ttl, maxlen, request id, kind, ts, data, hash field, hash value.
+# The marker (HSETNX) makes a retried batch write nothing twice.
 WRITE_RECORD = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], '1') == 0 then return 0 end
-local nh = tonumber(ARGV[4])
-local i = 5
-if nh > 0 then
-  local h = {}
-  for j = i, i + 2 * nh - 1 do h[#h + 1] = ARGV[j] end
-  redis.call('HSET', KEYS[1], unpack(h))
-end
-i = i + 2 * nh
-local s = {}
-for j = i, #ARGV do s[#s + 1] = ARGV[j] end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(s))
+redis.call('HSET', KEYS[1], ARGV[8], ARGV[9])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'request_id', ARGV[4], 'kind', ARGV[5], 'ts', ARGV[6],
+           'data', ARGV[7])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
@@ -58,10 +52,15 @@ return 1
 
 @dataclass(frozen=True)
 class LogRecord:
+    """One stream entry: ``request_id``, ``kind``, ``ts`` and ``data`` (JSON: the answer and, for
+    a primary record, the features). ``summary`` goes to the request hash under the kind's name
+    (``primary`` / ``shadow``) for feedback and live-quality joins."""
+
     request_id: str
     kind: str  # "primary" | "shadow"
-    stream_fields: dict[str, str]
-    hash_fields: dict[str, str] = field(default_factory=dict)
+    ts: str
+    data: dict[str, Any]
+    summary: dict[str, Any] = field(default_factory=dict)
 
     @property
     def marker(self) -> str:
@@ -166,11 +165,9 @@ class FeatureLog:
     async def _write_batch(self, batch: list[LogRecord]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for rec in batch:
-            hash_pairs = [x for kv in rec.hash_fields.items() for x in kv]
-            stream_pairs = [x for kv in rec.stream_fields.items() for x in kv]
             await self._write(keys=[self.request_key(rec.request_id), self.stream],
-                              args=[rec.marker, self.ttl_s, self.maxlen, len(rec.hash_fields),
-                                    *hash_pairs, *stream_pairs], client=pipe)
+                              args=[rec.marker, self.ttl_s, self.maxlen, rec.request_id, rec.kind, rec.ts,
+                                    json.dumps(rec.data), rec.kind, json.dumps(rec.summary)], client=pipe)
         await pipe.execute()
 
     # --- feedback ------------------------------------------------------------------------

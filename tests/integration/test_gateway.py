@@ -303,7 +303,9 @@ def test_shadow_keeps_primary_latency_and_logs_beside_it(gateway, redis_srv):
     assert len(shadow_ids) >= 0.9 * on_primary_pytorch - st["dropped"]
     assert shadow_ids <= set(primary)  # logged beside the primary, same request id
     one = next(iter(shadow_ids))
-    assert r.hget(f"{prefix}:req:{one.decode()}", "shadow_variant") == b"pytorch"
+    assert json.loads(r.hget(f"{prefix}:req:{one.decode()}", "shadow"))["variant"] == "pytorch"
+    logged = [json.loads(f[b"data"]) for _, f in entries if f[b"kind"] == b"shadow"][:5]
+    assert all(d["variant"] == "pytorch" and "agree" in d for d in logged)
     text = httpx.get(url + "/metrics").text
     assert "healmesh_gateway_shadow_agreement_ratio" in text and 'healmesh_gateway_shadow_calls_total{result="ok"}' in text
 
