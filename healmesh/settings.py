@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     attempt_timeout_ms: float = Field(default=500.0, gt=0)
     fallback_reserve_ms: float = Field(default=100.0, ge=0)
     sticky_routing: bool = True
+    # Calls in flight per scorer endpoint; what arrives meanwhile is coalesced into one call of
+    # up to upstream_max_rows rows (keep it <= the scorer's max_batch_size).
+    upstream_max_in_flight: int = Field(default=4, ge=1)
+    upstream_max_rows: int = Field(default=64, ge=1)
     max_body_bytes: int = Field(default=1_000_000, ge=1_024)
     max_batch_rows: int = Field(default=500, ge=1)
     # Admission control: beyond this many requests in flight per worker the gateway sheds

