@@ -46,6 +46,7 @@ lint: venv
 
 bench: venv system-deps
 	$(PY) bench/scorer_bench.py
+	$(PY) bench/gateway_bench.py
 
 clean:
 	rm -rf $(VENV) .healmesh .pytest_cache

@@ -22,6 +22,7 @@ class Reply:
     started: float
     latency: float
     index: int = -1  # position of the request body in the input
+    headers: dict[str, str] | None = None
 
 
 def transactions(n: int, seed: int = 0, drift: DriftSpec | None = None) -> list[dict[str, Any]]:
@@ -49,7 +50,8 @@ async def hammer(url: str, bodies: Sequence[Any], concurrency: int, timeout: flo
                 try:
                     r = await client.post(url, json=body)
                     content = r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
-                    replies.append(Reply(r.status_code, content, t0, time.perf_counter() - t0, index))
+                    replies.append(Reply(r.status_code, content, t0, time.perf_counter() - t0, index,
+                                         dict(r.headers)))
                 except httpx.HTTPError as exc:
                     replies.append(Reply(0, repr(exc), t0, time.perf_counter() - t0, index))
 

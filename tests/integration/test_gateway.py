@@ -414,3 +414,23 @@ def test_schemathesis_finds_no_server_error(scorers, redis_srv, session_dir):
         assert httpx.post(gw.url + "/api/v1/predict", json=anonymous(1)[0]).status_code == 200
     finally:
         gw.stop()
+
+
+def test_a_saturated_gateway_sheds_with_503_and_retry_after(scorers, redis_srv, session_dir):
+    gw = start_gateway(session_dir, redis_srv.port, scorer_urls(scorers), tag="full", HEALMESH_MAX_IN_FLIGHT="4")
+    slow = [scorers[name].url for name in ("xgboost", "pytorch")]
+    try:
+        for url in slow:
+            httpx.put(url + "/admin/faults", headers=AUTH, json={"latency_ms": 300})
+        replies = run(gw.url + "/api/v1/predict", anonymous(64, seed=16), concurrency=32)
+        statuses = collections.Counter(r.status for r in replies)
+        assert set(statuses) == {200, 503} and statuses[200] >= 4, statuses
+        shed = [r for r in replies if r.status == 503]
+        assert all(r.body == {"error": "gateway saturated"} and r.headers.get("retry-after") == "1" for r in shed)
+        assert httpx.post(gw.url + "/api/v1/predict", json=anonymous(1)[0]).status_code == 200  # one alone fits
+        text = httpx.get(gw.url + "/metrics").text
+        assert f'healmesh_gateway_rejected_requests_total{{status="503"}} {float(len(shed))}' in text
+    finally:
+        for url in slow:
+            httpx.delete(url + "/admin/faults", headers=AUTH)
+        gw.stop()
