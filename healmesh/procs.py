@@ -70,6 +70,15 @@ class ServerProcess:
             time.sleep(0.3)
         raise ServerFailed(f"{self.name} not ready on port {self.port} after {timeout:.0f}s:\n{self.log_tail()}")
 
+    def launch(self, timeout: float = 120.0) -> ServerProcess:
+        """Start and wait until ready; a server that never gets ready is stopped again."""
+        self.start()
+        try:
+            return self.wait_ready(timeout=timeout)
+        except Exception:
+            self.stop()
+            raise
+
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 

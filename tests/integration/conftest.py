@@ -53,14 +53,8 @@ def scorer_env(mlflow_url: str, **extra: str) -> dict[str, str]:
 
 
 def start_scorer(name: str, session_dir: Path, env: dict[str, str], tag: str = "") -> procs.ServerProcess:
-    server = procs.bentoml_server(f"{name}{tag}", procs.SCORERS[name], procs.free_port(), session_dir / "logs",
-                                  env=env, cwd=ROOT)
-    server.start()
-    try:
-        return server.wait_ready(timeout=120)
-    except Exception:
-        server.stop()
-        raise
+    return procs.bentoml_server(f"{name}{tag}", procs.SCORERS[name], procs.free_port(), session_dir / "logs",
+                                env=env, cwd=ROOT).launch()
 
 
 @pytest.fixture(scope="session")
@@ -99,14 +93,8 @@ def start_gateway(session_dir: Path, redis_port: int, urls: dict[str, str], tag:
                   **extra: str) -> procs.ServerProcess:
     env = {"HEALMESH_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "HEALMESH_ADMIN_TOKEN": TOKEN,
            "HEALMESH_KEY_PREFIX": f"hm-{tag}", **GATEWAY_FAST, **urls, **extra}
-    server = procs.bentoml_server(f"gateway-{tag}", "gateway.service:Gateway", procs.free_port(),
-                                  session_dir / "logs", env=env, cwd=ROOT)
-    server.start()
-    try:
-        return server.wait_ready(timeout=120)
-    except Exception:
-        server.stop()
-        raise
+    return procs.bentoml_server(f"gateway-{tag}", "gateway.service:Gateway", procs.free_port(),
+                                session_dir / "logs", env=env, cwd=ROOT).launch()
 
 
 @pytest.fixture(scope="session")
