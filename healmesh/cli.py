@@ -123,7 +123,7 @@ def _format_report(report: dict[str, Any]) -> str:
 def cmd_up(args: argparse.Namespace) -> int:
     from healmesh import stack
 
-    return stack.up(train_rows=args.n)
+    return stack.up(train_rows=args.n, airflow=not args.no_airflow)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -136,6 +136,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     from healmesh import stack
 
     return stack.status()
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from healmesh.lifecycle.airflow_tasks import _mesh, _redis
+    from healmesh.lifecycle.rollout import RolloutFailed, manual_rollback
+    from healmesh.settings import get_settings
+
+    try:
+        out = manual_rollback(get_settings(), _mesh(), _redis(), args.to)
+    except RolloutFailed as exc:
+        print(f"healmesh rollback: {exc}", file=sys.stderr)
+        return 2
+    print(f"champion: v{out['previous']} -> v{out['champion']}")
+    return 0
+
+
+def cmd_demo_drift(args: argparse.Namespace) -> int:
+    from healmesh import demo
+
+    return demo.run(kind=args.kind, n=args.n, timeout_s=args.timeout)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,8 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", help="train if needed and start the scorers in the background")
     p.add_argument("--n", type=int, default=60_000, help="training rows when there is no model yet")
+    p.add_argument("--no-airflow", action="store_true", help="skip Airflow (the serving mesh only)")
     p.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop what `up` started").set_defaults(func=cmd_down)
+    p = sub.add_parser("rollback", help="move `champion` back to the previous version")
+    p.add_argument("--to", help="a version number (default: the previous champion)")
+    p.set_defaults(func=cmd_rollback)
+    demo = sub.add_parser("demo", help="demonstrations on a running `make up`").add_subparsers(dest="demo", required=True)
+    p = demo.add_parser("drift", help="drift -> report -> retrain -> register -> canary -> promote, via Airflow")
+    p.add_argument("--kind", choices=["covariate", "concept"], default="covariate")
+    p.add_argument("--n", type=int, default=20_000, help="drifted transactions before the check")
+    p.add_argument("--timeout", type=float, default=1_200.0, help="seconds to wait for the whole loop")
+    p.set_defaults(func=cmd_demo_drift)
     sub.add_parser("status", help="what runs and what it serves").set_defaults(func=cmd_status)
     return parser
 

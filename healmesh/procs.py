@@ -140,13 +140,17 @@ SCORERS: dict[str, str] = {
 }
 
 
-def mlflow_server(port: int, state_dir: Path, log_dir: Path, backend_uri: str | None = None) -> ServerProcess:
-    """An MLflow tracking server: SQLite and local artifacts under ``state_dir`` unless
-    ``backend_uri`` (for example a PostgreSQL URI) is given."""
+def mlflow_server(port: int, state_dir: Path, log_dir: Path, backend_uri: str | None = None,
+                  artifacts: Path | None = None) -> ServerProcess:
+    """An MLflow tracking server: SQLite (``state_dir/mlflow.db``) and local artifacts unless
+    ``backend_uri`` (for example a PostgreSQL URI) is given. Clients on this machine read and
+    write artifacts directly under ``artifacts`` (the same store the SQLite default uses)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     backend = backend_uri or f"sqlite:///{state_dir / 'mlflow.db'}"
+    root = artifacts or state_dir / "artifacts"
+    root.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", backend, "--artifacts-destination", str(state_dir / "artifacts"),
+           "--backend-store-uri", backend, "--default-artifact-root", root.as_uri(), "--no-serve-artifacts",
            "--workers", "1"]
     return ServerProcess(name="mlflow", cmd=cmd, port=port, log_path=log_dir / "mlflow.log", ready_path="/health")
 
@@ -177,3 +181,36 @@ def wait_port(server: ServerProcess, timeout: float = 20.0) -> ServerProcess:
             return server
         time.sleep(0.1)
     raise ServerFailed(f"{server.name} not listening on {server.port} after {timeout:.0f}s:\n{server.log_tail()}")
+
+
+def airflow_standalone(port: int, airflow_home: Path, dags_folder: Path, log_dir: Path,
+                       env: Mapping[str, str] | None = None) -> ServerProcess:
+    """`airflow standalone` (api-server/UI, scheduler, dag-processor, triggerer) with the
+    healmesh DAGs, unpaused, no examples; the UI's admin password is generated into
+    ``$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated``."""
+    airflow_home.mkdir(parents=True, exist_ok=True)
+    airflow_env = {
+        "AIRFLOW_HOME": str(airflow_home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        # an asset event should start its consumer DAG within seconds, not a minute
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+        # standalone starts `airflow scheduler` & co. by name: this interpreter's bin first
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        **(env or {}),
+    }
+    cmd = [str(Path(sys.executable).parent / "airflow"), "standalone"]
+    return ServerProcess(name="airflow", cmd=cmd, port=port, log_path=log_dir / "airflow.log", env=airflow_env,
+                         ready_path="/api/v2/monitor/health")
+
+
+def airflow_password(airflow_home: Path, user: str = "admin") -> str | None:
+    import json
+
+    path = airflow_home / "simple_auth_manager_passwords.json.generated"
+    try:
+        return str(json.loads(path.read_text())[user])
+    except (OSError, ValueError, KeyError):
+        return None

@@ -124,3 +124,41 @@ def download_reference(settings: Settings, run_id: str):  # -> pandas.DataFrame
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="reference/reference.parquet",
                                                    dst_path=tmp)
         return pd.read_parquet(path)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    version: str
+    run_id: str | None
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def version_info(settings: Settings, name: str, version: str) -> VersionInfo:
+    c = client(settings)
+    mv = c.get_model_version(name, version)
+    metrics = dict(c.get_run(mv.run_id).data.metrics) if mv.run_id else {}
+    return VersionInfo(name=name, version=str(mv.version), run_id=mv.run_id, metrics=metrics, tags=dict(mv.tags))
+
+
+def tag_version(settings: Settings, name: str, version: str, tags: dict[str, str]) -> None:
+    c = client(settings)
+    for k, v in tags.items():
+        c.set_model_version_tag(name, version, k, v)
+
+
+def reference_for_version(settings: Settings, name: str, version: str):  # -> pandas.DataFrame
+    """The reference sample logged with a version's run, cached under HEALMESH_HOME."""
+    import pandas as pd
+
+    path = settings.cache_dir / "reference" / name / f"{version}.parquet"
+    if path.exists():
+        return pd.read_parquet(path)
+    info = version_info(settings, name, version)
+    if info.run_id is None:
+        raise RuntimeError(f"{name} v{version} has no run: no reference sample")
+    frame = download_reference(settings, info.run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+    return frame

@@ -114,7 +114,44 @@ class Settings(BaseSettings):
     gateway_access_log: bool = False
     gateway_tracing: bool = False
 
-    @field_validator("home")
+    # --- lifecycle: drift, retraining, canary rollout (the Airflow DAGs) --------------------
+    gateway_url: str = "http://127.0.0.1:8000"  # the DAGs change routing through its admin API
+    drift_reports_dir: Path = Path("drift_reports")
+    drift_schedule: str = "*/15 * * * *"
+    drift_window_records: int = Field(default=10_000, ge=10)
+    drift_window_minutes: float | None = Field(default=None, gt=0)
+    drift_psi: float = Field(default=0.2, gt=0)
+    drift_psi_alert: float = Field(default=0.25, gt=0)
+    drift_ks_stat: float = Field(default=0.1, gt=0)
+    drift_p_value: float = Field(default=0.01, gt=0, lt=1)
+    drift_js: float = Field(default=0.1, gt=0)
+    drift_share: float = Field(default=0.3, gt=0, le=1)
+    drift_min_window: int = Field(default=500, ge=10)
+    drift_auc_drop: float = Field(default=0.05, gt=0)
+    retrain_window_records: int = Field(default=50_000, ge=100)
+    retrain_min_labels: int = Field(default=1_000, ge=10)
+    retrain_min_positives: int = Field(default=20, ge=2)
+    retrain_reference_share: float = Field(default=0.3, ge=0, le=5)
+    retrain_holdout_share: float = Field(default=0.3, gt=0, lt=1)
+    # the candidate may trail the champion by at most this much ROC AUC on the shared holdout
+    gate_tolerance: float = Field(default=0.005, ge=0)
+    canary_stages: tuple[int, ...] = (10, 50, 100)
+    canary_interval_s: float = Field(default=60.0, gt=0)
+    canary_deadline_s: float = Field(default=180.0, gt=0)
+    canary_check_every_s: float = Field(default=5.0, gt=0)
+    canary_min_requests: int = Field(default=100, ge=1)
+    canary_max_error_rate_delta: float = Field(default=0.02, ge=0)
+    canary_max_p95_ratio: float = Field(default=1.5, ge=1)
+    canary_p95_slack_ms: float = Field(default=25.0, ge=0)
+    canary_min_quality_labels: int = Field(default=200, ge=10)
+    canary_min_quality_positives: int = Field(default=5, ge=1)
+    canary_max_auc_drop: float = Field(default=0.03, ge=0)
+    mlflow_port: int = 5000
+    # backend store of the MLflow server `make up` starts (default: SQLite under home)
+    mlflow_backend_uri: str | None = None
+    airflow_port: int = 8080
+
+    @field_validator("home", "drift_reports_dir")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()

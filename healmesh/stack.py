@@ -94,11 +94,31 @@ def ensure_redis(settings: Settings) -> str | None:
     return None
 
 
-def up(train_rows: int = 60_000) -> int:
+def ensure_mlflow(settings: Settings) -> str:
+    """The tracking URI everything started here uses: the configured one, or an MLflow server
+    on ``mlflow_port`` over the local SQLite store (started when nothing answers there)."""
+    configured = os.environ.get("MLFLOW_TRACKING_URI") or settings.mlflow_tracking_uri
+    if configured:
+        return configured
+    port = settings.mlflow_port
+    uri = f"http://127.0.0.1:{port}"
+    if not procs.port_open(port):
+        server = procs.mlflow_server(port, settings.home / "mlflow", settings.home / "logs",
+                                     backend_uri=settings.mlflow_backend_uri, artifacts=settings.artifact_root)
+        server.start()
+        server.wait_ready(timeout=120)
+        _remember(settings, server)
+        print(f"{'mlflow':<9} ready on {uri}")
+    return uri
+
+
+def up(train_rows: int = 60_000, airflow: bool = True) -> int:
     settings = get_settings()
     warning = ensure_redis(settings)
     if warning:
         print(warning, file=sys.stderr)
+    tracking = ensure_mlflow(settings)
+    os.environ["MLFLOW_TRACKING_URI"] = tracking  # the training below and every child use it
     if not models_available(settings):
         print("no trained model yet: training first", file=sys.stderr)
         from healmesh.cli import main as cli_main
@@ -106,7 +126,8 @@ def up(train_rows: int = 60_000) -> int:
         code = cli_main(["train", "--n", str(train_rows)])
         if code:
             return code
-    env = {"HEALMESH_ADMIN_TOKEN": admin_token(settings), "HEALMESH_HOME": str(settings.home)}
+    env = {"HEALMESH_ADMIN_TOKEN": admin_token(settings), "HEALMESH_HOME": str(settings.home),
+           "MLFLOW_TRACKING_URI": tracking}
     ports = scorer_ports(settings)
     gateway_env = {**env,
                    "HEALMESH_XGB_URL": settings.xgb_url or f"http://127.0.0.1:{ports['xgboost']}",
@@ -118,8 +139,43 @@ def up(train_rows: int = 60_000) -> int:
         code = _start_group(settings, group)
         if code:
             return code
+    if airflow:
+        code = ensure_airflow(settings, {**gateway_env, "HEALMESH_REDIS_URL": settings.redis_url,
+                                         "HEALMESH_GATEWAY_URL": f"http://127.0.0.1:{settings.gateway_port}",
+                                         "HEALMESH_DRIFT_REPORTS_DIR": str(settings.drift_reports_dir)})
+        if code:
+            return code
     print(f"admin token: {settings.home / 'admin_token'} (or HEALMESH_ADMIN_TOKEN)")
     return status()
+
+
+def airflow_home(settings: Settings) -> Path:
+    return settings.home / "airflow"
+
+
+def ensure_airflow(settings: Settings, env: dict[str, str]) -> int:
+    port = settings.airflow_port
+    if _airflow_ready(port):
+        print(f"{'airflow':<9} already answering on {port}")
+        return 0
+    server = procs.airflow_standalone(port, airflow_home(settings), ROOT / "dags", settings.home / "logs", env=env)
+    server.cwd = ROOT
+    server.start()
+    _remember(settings, server)
+    try:
+        server.wait_ready(timeout=240)
+    except procs.ServerFailed as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print(f"{'airflow':<9} ready on {server.url}  (log: {server.log_path})")
+    return 0
+
+
+def _airflow_ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _start_group(settings: Settings, group: list[tuple[str, str, int, dict[str, str]]]) -> int:
@@ -147,7 +203,7 @@ def _start_group(settings: Settings, group: list[tuple[str, str, int, dict[str, 
 
 def down() -> int:
     settings = get_settings()
-    for name in ["gateway", *scorer_ports(settings), "redis"]:
+    for name in ["airflow", "gateway", *scorer_ports(settings), "mlflow", "redis"]:
         pid_file = _pid_file(settings, name)
         if not pid_file.exists():
             continue
@@ -179,6 +235,15 @@ def status() -> int:
         except (httpx.HTTPError, ValueError):
             served = "(admin API not reachable with this token)"
         print(f"{name:<9} :{port}  ready  {served}")
+    tracking = os.environ.get("MLFLOW_TRACKING_URI") or settings.mlflow_tracking_uri or \
+        f"http://127.0.0.1:{settings.mlflow_port}"
+    print(f"{'mlflow':<9} {tracking}")
+    if _airflow_ready(settings.airflow_port):
+        password = procs.airflow_password(airflow_home(settings)) or "(see simple_auth_manager_passwords.json.generated)"
+        print(f"{'airflow':<9} http://127.0.0.1:{settings.airflow_port}  login admin / {password}")
+    else:
+        print(f"{'airflow':<9} :{settings.airflow_port}  not running")
+    print(f"{'reports':<9} {settings.drift_reports_dir / 'index.html'}")
     port = settings.gateway_port
     if not _ready(port):
         print(f"{'gateway':<9} :{port}  DOWN")

@@ -88,19 +88,24 @@ def split(df: pd.DataFrame, config: TrainConfig) -> Split:
     return Split(train.reset_index(drop=True), val.reset_index(drop=True), holdout.reset_index(drop=True))
 
 
-def fit_models(data: Split, config: TrainConfig, settings: Settings, progress: Progress) -> dict[str, tuple[Any, BundleMeta]]:
-    from healmesh.models.mlp import MLPModel
+def fit_xgboost(train: pd.DataFrame, val: pd.DataFrame, seed: int) -> tuple[Any, BundleMeta]:
+    """XGBoost (hist) with early stopping on ``val``; its threshold is the best F1 on ``val``."""
     from healmesh.models.xgb import XGBoostModel
 
-    X, y = features.encode_frame(data.train), data.train[schema.LABEL].to_numpy()
-    Xv, yv = features.encode_frame(data.val), data.val[schema.LABEL].to_numpy()
-    out: dict[str, tuple[Any, BundleMeta]] = {}
+    Xv, yv = features.encode_frame(val), val[schema.LABEL].to_numpy()
+    model = XGBoostModel.fit(features.encode_frame(train), train[schema.LABEL].to_numpy(), Xv, yv, seed=seed)
+    return model, BundleMeta(kind="xgboost", threshold=choose_threshold(yv, model.predict_proba(Xv)),
+                             params={"num_trees": model.booster.num_boosted_rounds()})
+
+
+def fit_models(data: Split, config: TrainConfig, settings: Settings, progress: Progress) -> dict[str, tuple[Any, BundleMeta]]:
+    from healmesh.models.mlp import MLPModel
 
     progress("fit xgboost")
-    xgbm = XGBoostModel.fit(X, y, Xv, yv, seed=config.seed)
-    out["xgboost"] = (xgbm, BundleMeta(kind="xgboost", threshold=choose_threshold(yv, xgbm.predict_proba(Xv)),
-                                       params={"num_trees": xgbm.booster.num_boosted_rounds()}))
+    out: dict[str, tuple[Any, BundleMeta]] = {"xgboost": fit_xgboost(data.train, data.val, config.seed)}
     progress("fit mlp")
+    X, y = features.encode_frame(data.train), data.train[schema.LABEL].to_numpy()
+    Xv, yv = features.encode_frame(data.val), data.val[schema.LABEL].to_numpy()
     mlp = MLPModel.fit(X, y, Xv, yv, seed=config.seed, epochs=config.mlp_epochs, device=settings.torch_device)
     meta = BundleMeta(kind="mlp", threshold=choose_threshold(yv, mlp.predict_proba(Xv)),
                       params={"hidden": mlp.hidden, "dropout": mlp.dropout, "epochs": config.mlp_epochs})
@@ -151,32 +156,56 @@ def _bento_name(kind: str) -> str:
     return bento_store.XGB_BENTO_MODEL if kind == "xgboost" else bento_store.MLP_BENTO_MODEL
 
 
-def reference_sample(data: Split, rows: int, seed: int) -> pd.DataFrame:
+def reference_sample(train: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
     """What the drift monitor compares live traffic with: a sample of the training data."""
-    train = data.train
     take = min(rows, len(train))
     return train.sample(n=take, random_state=seed)[list(schema.FEATURE_NAMES) + [schema.LABEL]].reset_index(drop=True)
 
 
 def _log_and_register(kind: str, bundle_dir: Path, meta: BundleMeta, data: Split, rules_metrics: dict[str, float],
                       config: TrainConfig, settings: Settings, result: ModelResult) -> None:
+    params = {"seed": config.seed, "train_rows": len(data.train), "val_rows": len(data.val),
+              "holdout_rows": len(data.holdout), **meta.params}
+    metrics = {**{f"holdout_{k}": v for k, v in meta.metrics.items()},
+               **{f"rules_holdout_{k}": v for k, v in rules_metrics.items()}}
+    logged = log_model_run(settings, kind, bundle_dir, meta, run_name=f"train-{kind}", params=params, metrics=metrics,
+                           tags=config.tags, example=data.holdout,
+                           reference=reference_sample(data.train, config.reference_rows, config.seed))
+    result.run_id = logged.run_id
+    result.registered_name, result.version = register(settings, kind, logged)
+    current = registry.version_by_alias(settings, result.registered_name, settings.champion_alias)
+    if current is None or config.promote:
+        registry.set_alias(settings, result.registered_name, settings.champion_alias, result.version)
+        result.champion = True
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    run_id: str
+    model_uri: str
+
+
+def log_model_run(settings: Settings, kind: str, bundle_dir: Path, meta: BundleMeta, *, run_name: str,
+                  params: dict[str, Any], metrics: dict[str, float], tags: dict[str, str], example: pd.DataFrame,
+                  reference: pd.DataFrame, artifacts: dict[str, Path] | None = None) -> LoggedModel:
+    """One MLflow run: params, metrics, tags, the reference sample, extra artifacts, and the model
+    (pyfunc over the bundle, with a signature over the raw schema columns and an input example)."""
     import mlflow
     from mlflow.models import infer_signature
 
     experiment_id = registry.ensure_experiment(settings)
-    name = registered_name(kind, settings)
-    example = data.holdout[list(schema.FEATURE_NAMES)].head(5)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{kind}") as run:
-        mlflow.set_tags({"healmesh.kind": kind, "healmesh.schema": meta.schema_fingerprint, **config.tags})
-        mlflow.log_params({"seed": config.seed, "train_rows": len(data.train), "val_rows": len(data.val),
-                           "holdout_rows": len(data.holdout), **{k: json.dumps(v) if isinstance(v, list) else v
-                                                                for k, v in meta.params.items()}})
-        mlflow.log_metrics({f"holdout_{k}": v for k, v in meta.metrics.items()})
-        mlflow.log_metrics({f"rules_holdout_{k}": v for k, v in rules_metrics.items()})
+    example = example[list(schema.FEATURE_NAMES)].head(5)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        mlflow.set_tags({"healmesh.kind": kind, "healmesh.schema": meta.schema_fingerprint, **tags})
+        mlflow.log_params({k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in params.items()})
+        mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             ref_path = Path(tmp) / "reference.parquet"
-            reference_sample(data, config.reference_rows, config.seed).to_parquet(ref_path, index=False)
+            reference.to_parquet(ref_path, index=False)
             mlflow.log_artifact(str(ref_path), artifact_path="reference")
+        for folder, path in (artifacts or {}).items():
+            if path.exists():
+                mlflow.log_artifact(str(path), artifact_path=folder)
         with warnings.catch_warnings():
             # "integer columns cannot represent missing values": the schema never allows missing ones
             warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
@@ -185,10 +214,13 @@ def _log_and_register(kind: str, bundle_dir: Path, meta: BundleMeta, data: Split
             name="model", loader_module="healmesh.models.bundle", data_path=str(bundle_dir),
             signature=signature, input_example=example, pip_requirements=PIP_REQUIREMENTS,
         )
-        result.run_id = run.info.run_id
-    mv = mlflow.register_model(info.model_uri, name, tags={"healmesh.kind": kind})
-    result.registered_name, result.version = name, str(mv.version)
-    current = registry.version_by_alias(settings, name, settings.champion_alias)
-    if current is None or config.promote:
-        registry.set_alias(settings, name, settings.champion_alias, result.version)
-        result.champion = True
+        return LoggedModel(run_id=run.info.run_id, model_uri=info.model_uri)
+
+
+def register(settings: Settings, kind: str, logged: LoggedModel, tags: dict[str, str] | None = None) -> tuple[str, str]:
+    import mlflow
+
+    registry.configure_mlflow(settings)
+    name = registered_name(kind, settings)
+    mv = mlflow.register_model(logged.model_uri, name, tags={"healmesh.kind": kind, **(tags or {})})
+    return name, str(mv.version)

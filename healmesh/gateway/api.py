@@ -10,9 +10,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
@@ -249,6 +249,28 @@ def build_app() -> FastAPI:
         if result == -2:
             raise HTTPException(409, f"request {fb.request_id!r} already has a different label")
         return {"request_id": fb.request_id, "label": fb.label, "status": "stored" if result == 1 else "unchanged"}
+
+    @app.post("/feedback/batch", responses={503: {"description": "the feature store is unavailable"}})
+    async def feedback_batch(items: Annotated[list[Feedback], Body(max_length=1_000)]) -> dict[str, Any]:
+        """Up to 1,000 labels at once; per item the same rules as POST /feedback."""
+        core = _core()
+        counts = {"stored": 0, "unchanged": 0}
+        unknown, conflicts = [], []
+        try:
+            for fb in items:
+                result = await core.feature_log.feedback(fb.request_id, fb.label)
+                if result == 1:
+                    counts["stored"] += 1
+                elif result == 0:
+                    counts["unchanged"] += 1
+                elif result == -1:
+                    unknown.append(fb.request_id)
+                else:
+                    conflicts.append(fb.request_id)
+        except Exception as exc:
+            raise HTTPException(503, f"feature store unavailable: {type(exc).__name__}",
+                                headers={"Retry-After": "1"}) from None
+        return {**counts, "unknown": unknown, "conflicts": conflicts}
 
     admin = APIRouter(prefix="/admin", dependencies=[Depends(require_token)])
 

@@ -91,7 +91,7 @@ class ControlStore:
         self.redis = redis
         self.key = f"{prefix}:control"
         self.audit_key = f"{prefix}:audit"
-        self.drift_key = f"{prefix}:drift"
+        self.drift_key = drift_key(prefix)
 
     async def read(self) -> ControlState:
         pipe = self.redis.pipeline(transaction=False)
@@ -127,7 +127,15 @@ class ControlStore:
         return out
 
     async def publish_drift(self, summary: DriftSummary) -> None:
-        await self.redis.hset(self.drift_key, mapping={"summary": json.dumps(asdict(summary))})
+        await self.redis.hset(self.drift_key, mapping={"summary": encode_drift(summary)})
+
+
+def drift_key(prefix: str) -> str:
+    return f"{prefix}:drift"
+
+
+def encode_drift(summary: DriftSummary) -> str:
+    return json.dumps(asdict(summary))
 
 
 def _s(v: Any) -> str:

@@ -1,0 +1,67 @@
+"""
+### drift_monitor
+
+Compares the recent window of live traffic (the gateway's feature log in Redis) with the
+champion's reference sample (an artifact of its MLflow run): per-feature KS, PSI,
+chi-square / Jensen-Shannon, plus Evidently's data-drift report, and the champion's live AUC
+where labels arrived. Writes `drift_reports/<UTC time>_v<version>.html`, a JSON summary and
+`drift_reports/index.html`; publishes the scores (the gateway exports them as
+`healmesh_drift_score`). A window too small for a decision is recorded as such.
+
+On drift it emits the `healmesh://drift` asset, which starts **retrain**.
+
+Params: `window_records` (last N records), `window_minutes` (or the last T minutes).
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, task
+
+DRIFT = Asset("healmesh://drift")
+
+try:  # settings only read the environment: cheap enough at parse time
+    from healmesh.settings import get_settings
+
+    SCHEDULE = get_settings().drift_schedule
+except Exception:  # noqa: BLE001 - a parse must never fail on configuration
+    SCHEDULE = "*/15 * * * *"
+
+
+@dag(
+    dag_id="drift_monitor",
+    schedule=SCHEDULE,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["healmesh", "lifecycle"],
+    params={
+        "window_records": Param(None, type=["null", "integer"], minimum=10, description="last N records"),
+        "window_minutes": Param(None, type=["null", "number"], exclusiveMinimum=0, description="or the last T minutes"),
+    },
+)
+def drift_monitor():
+    @task
+    def check(params: dict | None = None) -> dict:
+        """Run one drift check and write its report."""
+        from healmesh.lifecycle.airflow_tasks import drift_check
+
+        return drift_check(params or {})
+
+    @task.short_circuit
+    def drifted(result: dict) -> bool:
+        """Only drift goes on to retraining."""
+        return result["decision"] == "drift"
+
+    @task(outlets=[DRIFT])
+    def request_retraining(result: dict, outlet_events=None) -> dict:
+        """Emit the drift asset (with the check id) that schedules the retrain DAG."""
+        outlet_events[DRIFT].extra = {"check_id": result["check_id"], "drifted": result["drifted_features"][:10]}
+        return result
+
+    result = check()
+    drifted(result) >> request_retraining(result)
+
+
+drift_monitor()

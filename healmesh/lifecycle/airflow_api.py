@@ -1,0 +1,56 @@
+"""A small client of Airflow 3's REST API (token from the simple auth manager's login)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+
+class AirflowClient:
+    def __init__(self, base_url: str, username: str, password: str, timeout: float = 15.0) -> None:
+        self.base = base_url.rstrip("/")
+        r = httpx.post(f"{self.base}/auth/token", json={"username": username, "password": password}, timeout=timeout)
+        r.raise_for_status()
+        self.headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
+        self.timeout = timeout
+
+    def _req(self, method: str, path: str, **kw: Any) -> Any:
+        r = httpx.request(method, f"{self.base}/api/v2{path}", headers=self.headers, timeout=self.timeout, **kw)
+        r.raise_for_status()
+        return r.json()
+
+    def dags(self) -> list[dict[str, Any]]:
+        return self._req("GET", "/dags")["dags"]
+
+    def unpause(self, dag_id: str) -> None:
+        self._req("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        return self._req("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})["dag_run_id"]
+
+    def runs(self, dag_id: str, limit: int = 5) -> list[dict[str, Any]]:
+        return self._req("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "-run_after", "limit": limit})["dag_runs"]
+
+    def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        return self._req("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+
+    def wait(self, dag_id: str, run_id: str, timeout_s: float, poll_s: float = 2.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            run = self.run(dag_id, run_id)
+            if run["state"] in ("success", "failed"):
+                return run
+            time.sleep(poll_s)
+        raise TimeoutError(f"{dag_id} run {run_id} did not finish within {timeout_s:.0f}s")
+
+    def next_run_after(self, dag_id: str, after_iso: str, timeout_s: float, poll_s: float = 2.0) -> dict[str, Any]:
+        """The first run of ``dag_id`` queued after ``after_iso`` (asset-triggered runs)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for run in self.runs(dag_id, limit=5):
+                if (run.get("run_after") or "") > after_iso:
+                    return run
+            time.sleep(poll_s)
+        raise TimeoutError(f"no {dag_id} run started within {timeout_s:.0f}s")

@@ -1,0 +1,157 @@
+"""Canary analysis: is the canary worse than stable? Pure functions (metrics text and labelled
+answers in, a verdict out), one linear pass with early returns, as Flagger's scheduler does.
+
+Per stage, compared over the same interval: error rate and p95 latency of each upstream from
+the gateway's Prometheus counters and histograms (deltas between two scrapes), and, where
+enough labels arrived, live ROC AUC. A stage that has not seen ``min_requests`` canary calls by
+``deadline_s`` fails: too little data is not a pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+FAILURES = ("error", "timeout", "unreachable")
+CALLS = "healmesh_gateway_upstream_calls_total"
+LATENCY = "healmesh_gateway_upstream_latency_seconds_bucket"
+
+
+@dataclass(frozen=True)
+class CanaryConfig:
+    stages: tuple[int, ...] = (10, 50, 100)
+    interval_s: float = 60.0
+    deadline_s: float = 180.0
+    check_every_s: float = 5.0
+    min_requests: int = 100
+    min_error_sample: int = 10
+    min_latency_sample: int = 50  # p95 of fewer calls is their maximum: noise, not a verdict
+    max_error_rate_delta: float = 0.02
+    max_p95_ratio: float = 1.5
+    p95_slack_ms: float = 25.0
+    min_quality_labels: int = 200
+    min_quality_positives: int = 5
+    max_auc_drop: float = 0.03
+
+    def __post_init__(self) -> None:
+        if not self.stages or list(self.stages) != sorted(set(self.stages)) or not all(0 < s <= 100 for s in self.stages):
+            raise ValueError(f"stages must rise strictly within 1..100, but were {self.stages}")
+        if self.deadline_s < self.interval_s:
+            raise ValueError(f"deadline_s must be >= interval_s, but was {self.deadline_s} < {self.interval_s}")
+
+
+@dataclass(frozen=True)
+class UpstreamStats:
+    calls: float  # calls with a verdict (overload excluded: it says nothing about the model)
+    failures: float
+    p95_s: float | None
+
+    @property
+    def error_rate(self) -> float:
+        return self.failures / self.calls if self.calls else 0.0
+
+
+@dataclass(frozen=True)
+class Quality:
+    labelled: int
+    positives: int
+    auc: float | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: Literal["pass", "fail", "wait"]
+    reasons: tuple[str, ...] = ()
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse_metrics(text: str) -> Samples:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            key = (s.name, frozenset(s.labels.items()))
+            out[key] = out.get(key, 0.0) + float(s.value)
+    return out
+
+
+def _delta(before: Samples, after: Samples, name: str, **match: str) -> dict[frozenset[tuple[str, str]], float]:
+    out = {}
+    for (n, labels), value in after.items():
+        if n != name or any(dict(labels).get(k) != v for k, v in match.items()):
+            continue
+        out[labels] = value - before.get((n, labels), 0.0)
+    return out
+
+
+def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:
+    """Prometheus's interpolation over cumulative (upper bound, count) buckets."""
+    ordered = sorted(buckets)
+    if not ordered or ordered[-1][1] <= 0:
+        return None
+    rank = q * ordered[-1][1]
+    prev_le, prev_count = 0.0, 0.0
+    for le, count in ordered:
+        if count >= rank:
+            if math.isinf(le):
+                return prev_le
+            span = count - prev_count
+            return prev_le + (le - prev_le) * ((rank - prev_count) / span if span else 0.0)
+        prev_le, prev_count = le, count
+    return ordered[-1][0]
+
+
+def upstream_stats(before: Samples, after: Samples, upstream: str) -> UpstreamStats:
+    calls = _delta(before, after, CALLS, upstream=upstream)
+    by_result = {dict(k)["result"]: v for k, v in calls.items()}
+    failures = sum(by_result.get(r, 0.0) for r in FAILURES)
+    judged = failures + by_result.get("ok", 0.0)
+    buckets = _delta(before, after, LATENCY, upstream=upstream)
+    pairs = [(float(dict(k)["le"]), v) for k, v in buckets.items()]
+    return UpstreamStats(calls=judged, failures=failures, p95_s=histogram_quantile(0.95, pairs))
+
+
+def quality(labels: np.ndarray, probabilities: np.ndarray, cfg: CanaryConfig) -> Quality:
+    n, positives = len(labels), int(np.sum(labels))
+    if n < cfg.min_quality_labels or positives < cfg.min_quality_positives or positives == n:
+        return Quality(n, positives, None)
+    from sklearn.metrics import roc_auc_score
+
+    return Quality(n, positives, float(roc_auc_score(labels, probabilities)))
+
+
+def analyse(canary: UpstreamStats, stable: UpstreamStats, elapsed_s: float, cfg: CanaryConfig, *,
+            canary_breaker_open: bool = False, canary_quality: Quality | None = None,
+            stable_quality: Quality | None = None) -> Verdict:
+    details = {"canary": canary.__dict__, "stable": stable.__dict__, "elapsed_s": round(elapsed_s, 1),
+               "canary_quality": canary_quality.__dict__ if canary_quality else None,
+               "stable_quality": stable_quality.__dict__ if stable_quality else None}
+    if canary_breaker_open:
+        return Verdict("fail", ("the canary's circuit breaker is open",), details)
+    if canary.calls >= cfg.min_error_sample and canary.error_rate > stable.error_rate + cfg.max_error_rate_delta:
+        return Verdict("fail", (f"canary error rate {canary.error_rate:.1%} against stable {stable.error_rate:.1%} "
+                                f"(allowed +{cfg.max_error_rate_delta:.1%})",), details)
+    if (canary.calls >= cfg.min_latency_sample and canary.p95_s is not None and stable.p95_s is not None
+            and canary.p95_s > stable.p95_s * cfg.max_p95_ratio + cfg.p95_slack_ms / 1000.0):
+        return Verdict("fail", (f"canary p95 {canary.p95_s * 1000:.0f} ms against stable {stable.p95_s * 1000:.0f} ms "
+                                f"(allowed x{cfg.max_p95_ratio} + {cfg.p95_slack_ms:.0f} ms)",), details)
+    if (canary_quality and stable_quality and canary_quality.auc is not None and stable_quality.auc is not None
+            and canary_quality.auc < stable_quality.auc - cfg.max_auc_drop):
+        return Verdict("fail", (f"canary live AUC {canary_quality.auc:.3f} against stable {stable_quality.auc:.3f} "
+                                f"(allowed -{cfg.max_auc_drop})",), details)
+    if elapsed_s < cfg.interval_s:
+        return Verdict("wait", (), details)
+    if canary.calls >= cfg.min_requests:
+        return Verdict("pass", (f"{canary.calls:.0f} canary calls, error rate {canary.error_rate:.1%}",), details)
+    if elapsed_s >= cfg.deadline_s:
+        return Verdict("fail", (f"only {canary.calls:.0f} canary calls by the {cfg.deadline_s:.0f} s deadline "
+                                f"(needs {cfg.min_requests})",), details)
+    return Verdict("wait", (), details)

@@ -1,0 +1,194 @@
+"""Drift statistics and the drift decision. Pure functions of two tables (no I/O).
+
+Per feature, reference vs current window:
+- numeric: two-sample Kolmogorov-Smirnov statistic and p-value;
+- every feature: population stability index (PSI) over reference deciles (numeric) or
+  categories, with a small floor so empty bins do not explode;
+- categorical: chi-square p-value and Jensen-Shannon distance.
+
+A feature drifts when its PSI is at least ``psi`` or (numeric) its KS statistic is at least
+``ks_stat`` with a p-value under ``p_value``, or (categorical) its JS distance is at least
+``js``. The window drifts when any feature's PSI reaches ``psi_alert`` or the share of
+drifted features reaches ``share``. A window smaller than ``min_window`` is no decision.
+Live quality (labels joined to predictions) adds a second kind of drift: the champion's
+live AUC falling ``auc_drop`` below its holdout AUC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from healmesh import schema
+
+EPS = 1e-4
+
+Decision = Literal["drift", "no_drift", "insufficient_data"]
+
+
+@dataclass(frozen=True)
+class DriftThresholds:
+    psi: float = 0.2
+    psi_alert: float = 0.25
+    ks_stat: float = 0.1
+    p_value: float = 0.01
+    js: float = 0.1
+    share: float = 0.3
+    min_window: int = 500
+    auc_drop: float = 0.05
+    min_quality_labels: int = 300
+    min_quality_positives: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("psi", "psi_alert", "ks_stat", "js", "auc_drop"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, but was {getattr(self, name)}")
+        if not 0 < self.share <= 1:
+            raise ValueError(f"share must be in (0, 1], but was {self.share}")
+        if self.min_window < 10:
+            raise ValueError(f"min_window must be >= 10, but was {self.min_window}")
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    feature: str
+    kind: str
+    psi: float
+    ks: float | None = None
+    ks_p_value: float | None = None
+    chi2_p_value: float | None = None
+    js: float | None = None
+    drifted: bool = False
+
+    def scores(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+@dataclass(frozen=True)
+class QualityCheck:
+    labelled: int
+    positives: int
+    live_auc: float | None
+    reference_auc: float | None
+    dropped: bool
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    decision: Decision
+    window_size: int
+    reference_size: int
+    share_drifted: float
+    features: dict[str, FeatureDrift] = field(default_factory=dict)
+    reasons: tuple[str, ...] = ()
+    quality: QualityCheck | None = None
+
+    @property
+    def drifted_features(self) -> list[str]:
+        """Drifted features, the most drifted first (by PSI)."""
+        return [f.feature for f in sorted(self.features.values(), key=lambda f: -f.psi) if f.drifted]
+
+    def top(self, n: int = 5) -> list[tuple[str, float]]:
+        return [(f.feature, round(f.psi, 4)) for f in sorted(self.features.values(), key=lambda f: -f.psi)[:n]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"decision": self.decision, "window_size": self.window_size, "reference_size": self.reference_size,
+                "share_drifted": self.share_drifted, "drifted_features": self.drifted_features,
+                "reasons": list(self.reasons), "features": {k: asdict(v) for k, v in self.features.items()},
+                "quality": asdict(self.quality) if self.quality else None}
+
+
+def psi_numeric(ref: np.ndarray, cur: np.ndarray, bins: int = 10) -> float:
+    edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)))
+    if len(edges) < 2:  # a constant reference: any change is all the drift there is
+        return 0.0 if np.all(cur == edges[0]) else float("inf")
+    inner = edges[1:-1]
+    ref_counts = np.bincount(np.searchsorted(inner, ref, side="right"), minlength=len(inner) + 1)
+    cur_counts = np.bincount(np.searchsorted(inner, cur, side="right"), minlength=len(inner) + 1)
+    return _psi(ref_counts, cur_counts)
+
+
+def psi_categorical(ref: pd.Series, cur: pd.Series, categories: tuple[str, ...]) -> float:
+    ref_counts = ref.value_counts().reindex(categories, fill_value=0).to_numpy()
+    cur_counts = cur.value_counts().reindex(categories, fill_value=0).to_numpy()
+    return _psi(ref_counts, cur_counts)
+
+
+def _psi(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
+    p = np.maximum(ref_counts / max(ref_counts.sum(), 1), EPS)
+    q = np.maximum(cur_counts / max(cur_counts.sum(), 1), EPS)
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def jensen_shannon(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
+    from scipy.spatial.distance import jensenshannon
+
+    p = ref_counts / max(ref_counts.sum(), 1)
+    q = cur_counts / max(cur_counts.sum(), 1)
+    return float(jensenshannon(p, q, base=2))
+
+
+def feature_drift(reference: pd.DataFrame, current: pd.DataFrame, t: DriftThresholds) -> dict[str, FeatureDrift]:
+    out: dict[str, FeatureDrift] = {}
+    for f in schema.FEATURES:
+        ref, cur = reference[f.name], current[f.name]
+        if isinstance(f, schema.CategoricalFeature):
+            rc = ref.value_counts().reindex(f.categories, fill_value=0).to_numpy()
+            cc = cur.value_counts().reindex(f.categories, fill_value=0).to_numpy()
+            keep = (rc + cc) > 0
+            chi2_p = float(stats.chi2_contingency(np.array([rc[keep], cc[keep]]))[1]) if keep.sum() > 1 else 1.0
+            psi = psi_categorical(ref, cur, f.categories)
+            js = jensen_shannon(rc, cc)
+            drifted = psi >= t.psi or js >= t.js
+            out[f.name] = FeatureDrift(f.name, "categorical", psi, chi2_p_value=chi2_p, js=js, drifted=drifted)
+        else:
+            r, c = ref.to_numpy(dtype=float), cur.to_numpy(dtype=float)
+            ks = stats.ks_2samp(r, c)
+            psi = psi_numeric(r, c)
+            drifted = psi >= t.psi or (ks.statistic >= t.ks_stat and ks.pvalue < t.p_value)
+            out[f.name] = FeatureDrift(f.name, "numeric", psi, ks=float(ks.statistic), ks_p_value=float(ks.pvalue),
+                                       drifted=drifted)
+    return out
+
+
+def quality_check(labels: np.ndarray, probabilities: np.ndarray, reference_auc: float | None,
+                  t: DriftThresholds) -> QualityCheck:
+    from sklearn.metrics import roc_auc_score
+
+    n, positives = len(labels), int(np.sum(labels))
+    if n < t.min_quality_labels or positives < t.min_quality_positives or positives == n:
+        return QualityCheck(n, positives, None, reference_auc, False)
+    auc = float(roc_auc_score(labels, probabilities))
+    dropped = reference_auc is not None and auc < reference_auc - t.auc_drop
+    return QualityCheck(n, positives, auc, reference_auc, dropped)
+
+
+def decide(reference: pd.DataFrame, current: pd.DataFrame, t: DriftThresholds,
+           quality: QualityCheck | None = None) -> DriftResult:
+    n = len(current)
+    if n < t.min_window:
+        return DriftResult("insufficient_data", n, len(reference), 0.0,
+                           reasons=(f"window of {n} records is under the minimum of {t.min_window}",),
+                           quality=quality)
+    features = feature_drift(reference, current, t)
+    drifted = [f for f in features.values() if f.drifted]
+    share = len(drifted) / len(features)
+    reasons = [f"{f.feature}: PSI {f.psi:.3f}" for f in drifted if f.psi >= t.psi_alert]
+    if share >= t.share:
+        reasons.append(f"{len(drifted)} of {len(features)} features drifted (share {share:.2f} >= {t.share})")
+    if quality is not None and quality.dropped:
+        reasons.append(f"live AUC {quality.live_auc:.3f} is more than {t.auc_drop} under the holdout AUC "
+                       f"{quality.reference_auc:.3f}")
+    return DriftResult("drift" if reasons else "no_drift", n, len(reference), share, features, tuple(reasons),
+                       quality)
+
+
+def scores_for_metrics(result: DriftResult) -> Mapping[str, Mapping[str, float]]:
+    """Per feature: psi, and ks or js (what the gateway exports as healmesh_drift_score)."""
+    return {name: {k: v for k, v in f.scores().items() if k in ("psi", "ks", "js")}
+            for name, f in result.features.items()}

@@ -1,0 +1,138 @@
+"""Retraining: a candidate XGBoost from recent labelled traffic (plus a share of the champion's
+reference data), judged against the champion on the same recent holdout.
+
+Passing the gate (ROC AUC not more than ``gate_tolerance`` under the champion's) registers the
+version and gives it the ``challenger`` alias; a rejected candidate stays an MLflow run with
+the reason in its tags. Everything is logged with lineage: trigger, drift check, data window.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from healmesh import features, registry, schema
+from healmesh.evaluation import classification_metrics
+from healmesh.lifecycle import events
+from healmesh.lifecycle.window import attach_labels, labelled, read_window
+from healmesh.models.bundle import find_bundle, load_bundle, save_bundle
+from healmesh.settings import Settings
+from healmesh.training import fit_xgboost, log_model_run, reference_sample, register
+
+
+class NotEnoughLabels(RuntimeError):
+    """Too few labelled recent records to train or to judge a candidate."""
+
+
+@dataclass(frozen=True)
+class GateResult:
+    passed: bool
+    metric: str
+    candidate: float
+    champion: float
+    tolerance: float
+
+    @property
+    def reason(self) -> str:
+        verb = "passes" if self.passed else "fails"
+        return (f"candidate {self.metric} {self.candidate:.4f} {verb} against champion {self.champion:.4f} "
+                f"(tolerance {self.tolerance})")
+
+
+def gate(candidate: float, champion: float, tolerance: float, metric: str = "roc_auc") -> GateResult:
+    """Not worse than the champion on the gate metric, within the tolerance."""
+    return GateResult(candidate >= champion - tolerance, metric, candidate, champion, tolerance)
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    train: pd.DataFrame
+    val: pd.DataFrame
+    holdout: pd.DataFrame  # recent labelled traffic only: both models are judged on it
+    recent_rows: int
+    reference_rows: int
+
+
+def build_training_set(recent: pd.DataFrame, reference: pd.DataFrame, settings: Settings, seed: int) -> TrainingSet:
+    n, positives = len(recent), int(recent[schema.LABEL].sum()) if len(recent) else 0
+    if n < settings.retrain_min_labels or positives < settings.retrain_min_positives:
+        raise NotEnoughLabels(
+            f"recent traffic has {n} labelled records ({positives} fraud); retraining needs at least "
+            f"{settings.retrain_min_labels} labelled and {settings.retrain_min_positives} fraud. "
+            "Send ground truth to POST /api/v1/feedback, or lower HEALMESH_RETRAIN_MIN_LABELS.")
+    cols = list(schema.FEATURE_NAMES) + [schema.LABEL]
+    recent = recent[cols].reset_index(drop=True)
+    rest, holdout = train_test_split(recent, test_size=settings.retrain_holdout_share,
+                                     stratify=recent[schema.LABEL], random_state=seed)
+    take = min(len(reference), int(round(settings.retrain_reference_share * len(rest))))
+    ref = reference[cols].sample(n=take, random_state=seed) if take else reference[cols].head(0)
+    pool = pd.concat([rest, ref], ignore_index=True)
+    train, val = train_test_split(pool, test_size=0.2, stratify=pool[schema.LABEL], random_state=seed + 1)
+    return TrainingSet(train.reset_index(drop=True), val.reset_index(drop=True), holdout.reset_index(drop=True),
+                       recent_rows=n, reference_rows=take)
+
+
+def run_retrain(settings: Settings, redis: Any, *, trigger: str, drift_check_id: str | None = None,
+                window_records: int | None = None, seed: int = 0) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    name = settings.xgb_registered_name
+    champion = registry.version_by_alias(settings, name, settings.champion_alias)
+    if champion is None:
+        raise RuntimeError(f"no {settings.champion_alias} for {name}: nothing to compare a candidate with")
+    window = read_window(redis, settings.key_prefix, last_n=window_records or settings.retrain_window_records)
+    recent = labelled(attach_labels(redis, settings.key_prefix, window.frame))
+    reference = registry.reference_for_version(settings, name, champion.version)
+    data = build_training_set(recent, reference, settings, seed)
+
+    model, meta = fit_xgboost(data.train, data.val, seed)
+    champion_bundle = load_bundle(find_bundle(registry.download_model(settings, name, champion.version)))
+    y = data.holdout[schema.LABEL].to_numpy()
+    cand_metrics = classification_metrics(y, model.predict_proba(features.encode_frame(data.holdout)), meta.threshold)
+    champ_metrics = classification_metrics(y, champion_bundle.predict_frame(data.holdout), champion_bundle.meta.threshold)
+    verdict = gate(cand_metrics["roc_auc"], champ_metrics["roc_auc"], settings.gate_tolerance)
+    meta = replace(meta, metrics=cand_metrics)
+    train_seconds = round(time.perf_counter() - t0, 3)
+
+    tags = {"healmesh.trigger": trigger, "healmesh.drift_check": drift_check_id or "",
+            "healmesh.window_first_id": window.first_id or "", "healmesh.window_last_id": window.last_id or "",
+            "healmesh.window_first_ts": f"{window.first_ts or 0:.3f}", "healmesh.window_last_ts": f"{window.last_ts or 0:.3f}",
+            "healmesh.champion_version": champion.version, "healmesh.gate": "passed" if verdict.passed else "rejected",
+            "healmesh.gate_reason": verdict.reason}
+    drift_artifacts = {}
+    if drift_check_id:
+        for suffix in (".html", ".json"):
+            drift_artifacts[f"drift_report{suffix.replace('.', '_')}"] = settings.drift_reports_dir / f"{drift_check_id}{suffix}"
+    with tempfile.TemporaryDirectory(prefix="healmesh-retrain-") as tmp:
+        bundle_dir = save_bundle(model, meta, Path(tmp) / "xgboost")
+        logged = log_model_run(
+            settings, "xgboost", bundle_dir, meta, run_name="retrain-xgboost",
+            params={"seed": seed, "train_rows": len(data.train), "val_rows": len(data.val),
+                    "holdout_rows": len(data.holdout), "recent_labelled_rows": data.recent_rows,
+                    "reference_rows": data.reference_rows, "reference_share": settings.retrain_reference_share,
+                    **meta.params},
+            metrics={**{f"holdout_{k}": v for k, v in cand_metrics.items()},
+                     **{f"champion_holdout_{k}": v for k, v in champ_metrics.items()}},
+            tags=tags, example=data.holdout,
+            reference=reference_sample(data.train, 5_000, seed), artifacts=drift_artifacts)
+    out = {"passed": verdict.passed, "reason": verdict.reason, "run_id": logged.run_id,
+           "candidate": cand_metrics, "champion": champ_metrics, "champion_version": champion.version,
+           "version": None, "train_rows": len(data.train), "recent_labelled_rows": data.recent_rows,
+           "train_seconds": train_seconds, "window": window.describe()}
+    if verdict.passed:
+        _, version = register(settings, "xgboost", logged, tags={"healmesh.trigger": trigger,
+                                                                  "healmesh.drift_check": drift_check_id or ""})
+        registry.set_alias(settings, name, settings.challenger_alias, version)
+        out["version"] = version
+        events.record(redis, settings.key_prefix, "challenger_registered",
+                      f"v{version} registered as {settings.challenger_alias}: {verdict.reason}", version=version)
+    else:
+        events.record(redis, settings.key_prefix, "candidate_rejected", f"candidate rejected: {verdict.reason}",
+                      run_id=logged.run_id)
+    return out
+

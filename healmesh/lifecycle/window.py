@@ -1,0 +1,99 @@
+"""The recent window of live traffic, read back from the gateway's feature log (Redis).
+
+Each primary record of the stream gives the request's features and the answer (variant,
+model version, probability); labels come from the request hash, where ``/feedback`` put them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from healmesh import schema
+
+ANSWER_COLUMNS = ["request_id", "ts", "variant", "model", "model_version", "probability", "predicted"]
+
+
+@dataclass(frozen=True)
+class Window:
+    frame: pd.DataFrame  # features + ANSWER_COLUMNS (+ is_fraud when labels were joined)
+    first_id: str | None
+    last_id: str | None
+    first_ts: float | None
+    last_ts: float | None
+
+    def describe(self) -> dict[str, Any]:
+        return {"records": len(self.frame), "first_id": self.first_id, "last_id": self.last_id,
+                "first_ts": self.first_ts, "last_ts": self.last_ts}
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def read_window(redis: Any, prefix: str, *, last_n: int | None = 10_000, since_s: float | None = None,
+                chunk: int = 5_000) -> Window:
+    """The newest primary records: at most ``last_n`` and (if given) not older than ``since_s``."""
+    stream = f"{prefix}:features"
+    cutoff = time.time() - since_s if since_s else None
+    rows: list[dict[str, Any]] = []
+    ids: list[str] = []
+    upper = "+"
+    done = False
+    while not done:
+        entries = redis.xrevrange(stream, max=upper, min="-", count=chunk)
+        if not entries:
+            break
+        for entry_id, fields in entries:
+            rec = {_s(k): _s(v) for k, v in fields.items()}
+            if rec.get("kind") != "primary":
+                continue
+            ts = float(rec["ts"])
+            if cutoff is not None and ts < cutoff:
+                done = True
+                break
+            data = json.loads(rec["data"])
+            row = dict(data["features"])
+            row.update(request_id=rec["request_id"], ts=ts, variant=data["variant"], model=data["model"],
+                       model_version=str(data["model_version"]), probability=float(data["probability"]),
+                       predicted=int(data["label"]))
+            rows.append(row)
+            ids.append(_s(entry_id))
+            if last_n is not None and len(rows) >= last_n:
+                done = True
+                break
+        last_id = _s(entries[-1][0])
+        upper = "(" + last_id  # exclusive: continue below the oldest entry read
+        if len(entries) < chunk:
+            break
+    rows.reverse()
+    ids.reverse()
+    frame = pd.DataFrame(rows, columns=list(schema.FEATURE_NAMES) + ANSWER_COLUMNS)
+    return Window(frame=frame, first_id=ids[0] if ids else None, last_id=ids[-1] if ids else None,
+                  first_ts=float(frame["ts"].min()) if len(frame) else None,
+                  last_ts=float(frame["ts"].max()) if len(frame) else None)
+
+
+def attach_labels(redis: Any, prefix: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """Add ``is_fraud`` from the feedback labels (NaN where none arrived)."""
+    out = frame.copy()
+    if out.empty:
+        out[schema.LABEL] = pd.Series(dtype=float)
+        return out
+    pipe = redis.pipeline(transaction=False)
+    for rid in out["request_id"]:
+        pipe.hget(f"{prefix}:req:{rid}", "label")
+    labels = pipe.execute()
+    out[schema.LABEL] = [float(_s(x)) if x is not None else np.nan for x in labels]
+    return out
+
+
+def labelled(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame[frame[schema.LABEL].notna()].copy()
+    out[schema.LABEL] = out[schema.LABEL].astype(int)
+    return out
