@@ -2,7 +2,7 @@
 
 import bentoml
 
-from healmesh.bento_store import XGB_BENTO_MODEL
+from healmesh.bento_store import XGB_BENTO_MODEL, builtin_reference
 from healmesh.serving.admin import admin_app
 from healmesh.serving.scorer import ModelScorer, predict_api, service_config, with_fault_hook
 from healmesh.settings import get_settings
@@ -16,7 +16,7 @@ S = get_settings()
 class XGBoostScorer(ModelScorer):
     scorer_name = "xgboost"
     model_kind = "xgboost"
-    builtin_model = bentoml.models.BentoModel(f"{XGB_BENTO_MODEL}:latest")
+    builtin_model = builtin_reference(XGB_BENTO_MODEL)
 
     predict = predict_api("stable", max_batch_size=S.xgb_max_batch_size, max_latency_ms=S.xgb_max_latency_ms)
     predict_canary = predict_api("canary", max_batch_size=S.xgb_max_batch_size, max_latency_ms=S.xgb_max_latency_ms)

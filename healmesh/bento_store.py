@@ -29,3 +29,23 @@ def save(name: str, bundle_dir: Path, *, registry_version: str | None, kind: str
 def describe(stored_model) -> StoredBundle:  # stored_model: bentoml.Model
     version = str(stored_model.info.metadata.get("registry_version") or "") or None
     return StoredBundle(tag=str(stored_model.tag), path=Path(stored_model.path), registry_version=version)
+
+
+def builtin_reference(name: str):  # -> bentoml.models.BentoModel | None
+    """The scorer's built-in model, declared only when the store has one.
+
+    BentoML resolves declared models before it serves: a scorer declaring a model the store
+    lacks would not start even with a registry champion to serve. Built bentos always carry
+    theirs (the build needs it); a source checkout without a trained model serves from the
+    registry only."""
+    import logging
+
+    import bentoml
+
+    try:
+        bentoml.models.get(f"{name}:latest")
+    except bentoml.exceptions.NotFound:
+        logging.getLogger("healmesh.scorer").warning(
+            "no %s in the BentoML model store: this scorer can only serve the registry's champion", name)
+        return None
+    return bentoml.models.BentoModel(f"{name}:latest")

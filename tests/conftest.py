@@ -23,6 +23,11 @@ os.environ["HEALMESH_ADMIN_TOKEN"] = "test-admin-token-0123"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("HEALMESH_MLFLOW_TRACKING_URI", None)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Airflow reads its home when first imported: a private one, migrated by the lifecycle tests.
+os.environ["AIRFLOW_HOME"] = str(_SESSION_DIR / "airflow")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["HEALMESH_DRIFT_REPORTS_DIR"] = str(_SESSION_DIR / "drift_reports")
 sys.path.insert(0, str(ROOT))
 
 

@@ -11,8 +11,6 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-import numpy as np
-
 from healmesh import registry
 from healmesh.gateway.control import DriftSummary, drift_key, encode_drift
 from healmesh.lifecycle import events, reports
@@ -72,4 +70,5 @@ def run_drift_check(settings: Settings, redis: Any, *, window_records: int | Non
             "live_auc": quality.live_auc, "holdout_auc": quality.reference_auc,
             "report": str(settings.drift_reports_dir / html_name), "summary": str(summary_path),
             "champion_version": champion.version, "seconds": seconds,
-            "max_psi": float(max((f.psi for f in result.features.values()), default=np.nan))}
+            # XComs are JSON: no NaN for a window without statistics
+            "max_psi": max((f.psi for f in result.features.values()), default=None)}

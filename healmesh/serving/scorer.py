@@ -131,7 +131,7 @@ class ModelScorer(ScorerBase):
     """A scorer of registry models with a stable and a canary slot."""
 
     model_kind: ClassVar[str]  # "xgboost" | "mlp"
-    builtin_model: ClassVar[Any]  # bentoml.models.BentoModel, resolved on first use
+    builtin_model: ClassVar[Any]  # bentoml.models.BentoModel (None: registry only), resolved on first use
 
     def __init__(self) -> None:
         super().__init__()
@@ -155,6 +155,8 @@ class ModelScorer(ScorerBase):
         from healmesh import bento_store
         from healmesh.models.bundle import load_bundle
 
+        if self.builtin_model is None:
+            return None
         stored = bento_store.describe(self.builtin_model)
         bundle = load_bundle(stored.path)
         version = stored.registry_version or stored.tag.split(":", 1)[1]
