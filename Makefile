@@ -47,6 +47,7 @@ lint: venv
 bench: venv system-deps
 	$(PY) bench/scorer_bench.py
 	$(PY) bench/gateway_bench.py
+	$(PY) bench/lifecycle_bench.py
 
 clean:
 	rm -rf $(VENV) .healmesh .pytest_cache
