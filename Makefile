@@ -21,7 +21,7 @@ $(STAMP): requirements.lock pyproject.toml
 venv: $(STAMP)
 
 # Debian packages the project runs or tests with (installed only when missing; needs root).
-SYSTEM_PACKAGES := redis-server wrk chromium
+SYSTEM_PACKAGES := redis-server wrk chromium prometheus docker-compose
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

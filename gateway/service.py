@@ -11,6 +11,7 @@ from bentos.fallback_scorer import FallbackScorer
 from bentos.torch_scorer import TorchScorer
 from bentos.xgboost_scorer import XGBoostScorer
 from healmesh.gateway.api import PredictFastPath, build_app
+from healmesh.gateway.status_page import status_app
 from healmesh.gateway.wiring import redis_client, scorer_address
 from healmesh.settings import get_settings
 
@@ -28,6 +29,7 @@ API_ROUTES = ["/api/v1/predict", "/api/v1/feedback"]
     **({} if S.gateway_tracing else {"tracing": {"excluded_urls": API_ROUTES}}),
 )
 @bentoml.asgi_app(build_app(), path="/api/v1")
+@bentoml.asgi_app(status_app(), path="/ui")
 class Gateway:
     xgboost = bentoml.depends(XGBoostScorer, url=S.xgb_url)
     pytorch = bentoml.depends(TorchScorer, url=S.torch_url)

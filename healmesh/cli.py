@@ -152,6 +152,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo_all(args: argparse.Namespace) -> int:
+    from healmesh import narrated_demo
+
+    return narrated_demo.run(out=Path(args.out) if args.out else None, steady_s=args.steady)
+
+
 def cmd_demo_drift(args: argparse.Namespace) -> int:
     from healmesh import demo
 
@@ -195,7 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollback", help="move `champion` back to the previous version")
     p.add_argument("--to", help="a version number (default: the previous champion)")
     p.set_defaults(func=cmd_rollback)
-    demo = sub.add_parser("demo", help="demonstrations on a running `make up`").add_subparsers(dest="demo", required=True)
+    demo_parser = sub.add_parser("demo", help="the narrated demo (or `demo drift`) on a running `make up`")
+    demo_parser.add_argument("--out", help="results folder (default results/demo-<UTC time>)")
+    demo_parser.add_argument("--steady", type=float, default=20.0, help="seconds of steady traffic first")
+    demo_parser.set_defaults(func=cmd_demo_all)
+    demo = demo_parser.add_subparsers(dest="demo")
     p = demo.add_parser("drift", help="drift -> report -> retrain -> register -> canary -> promote, via Airflow")
     p.add_argument("--kind", choices=["covariate", "concept"], default="covariate")
     p.add_argument("--n", type=int, default=20_000, help="drifted transactions before the check")

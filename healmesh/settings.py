@@ -140,6 +140,7 @@ class Settings(BaseSettings):
     canary_deadline_s: float = Field(default=180.0, gt=0)
     canary_check_every_s: float = Field(default=5.0, gt=0)
     canary_min_requests: int = Field(default=100, ge=1)
+    canary_min_latency_sample: int = Field(default=100, ge=1)
     canary_max_error_rate_delta: float = Field(default=0.02, ge=0)
     canary_max_p95_ratio: float = Field(default=1.5, ge=1)
     canary_p95_slack_ms: float = Field(default=25.0, ge=0)

@@ -112,6 +112,32 @@ def ensure_mlflow(settings: Settings) -> str:
     return uri
 
 
+def scorer_env(settings: Settings, tracking: str) -> dict[str, str]:
+    return {"HEALMESH_ADMIN_TOKEN": admin_token(settings), "HEALMESH_HOME": str(settings.home),
+            "MLFLOW_TRACKING_URI": tracking}
+
+
+def kill(name: str) -> bool:
+    """SIGKILL a process `up` started (its whole group), as a crash would. False if not running."""
+    pid_file = _pid_file(get_settings(), name)
+    if not pid_file.exists():
+        return False
+    try:
+        os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+    except (ProcessLookupError, ValueError):
+        return False
+    return True
+
+
+def start_scorer(name: str) -> int:
+    """Start one scorer again, as `up` does (after `kill`, say)."""
+    settings = get_settings()
+    tracking = os.environ.get("MLFLOW_TRACKING_URI") or settings.mlflow_tracking_uri or \
+        f"http://127.0.0.1:{settings.mlflow_port}"
+    port = scorer_ports(settings)[name]
+    return _start_group(settings, [(name, procs.SCORERS[name], port, scorer_env(settings, tracking))])
+
+
 def up(train_rows: int = 60_000, airflow: bool = True) -> int:
     settings = get_settings()
     warning = ensure_redis(settings)
@@ -126,8 +152,7 @@ def up(train_rows: int = 60_000, airflow: bool = True) -> int:
         code = cli_main(["train", "--n", str(train_rows)])
         if code:
             return code
-    env = {"HEALMESH_ADMIN_TOKEN": admin_token(settings), "HEALMESH_HOME": str(settings.home),
-           "MLFLOW_TRACKING_URI": tracking}
+    env = scorer_env(settings, tracking)
     ports = scorer_ports(settings)
     gateway_env = {**env,
                    "HEALMESH_XGB_URL": settings.xgb_url or f"http://127.0.0.1:{ports['xgboost']}",

@@ -203,7 +203,7 @@ class GatewayCore:
                for rid, sc in zip(request_ids, answer.scores, strict=True)]
         outcome = "degraded" if answer.degraded else "fallback" if answer.fallback else "ok"
         self.metrics.requests.labels(answer.variant, out[0]["model_version"], outcome).inc(len(rows))
-        self.metrics.latency.labels(answer.variant).observe(elapsed)
+        self.metrics.latency.labels(answer.variant, out[0]["model_version"]).observe(elapsed)
         now = f"{time.time():.3f}"
         for row, o in zip(rows, out, strict=True):
             self._log_primary(row, o, now)

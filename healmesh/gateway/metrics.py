@@ -22,8 +22,9 @@ class GatewayMetrics:
         p = "healmesh_gateway"
         self.requests = Counter(f"{p}_requests", "Answered predictions by variant, model version and outcome.",
                                 ["variant", "model_version", "outcome"])
-        self.latency = Histogram(f"{p}_request_latency_seconds", "Gateway latency of a prediction by variant.",
-                                 ["variant"], buckets=LATENCY_BUCKETS)
+        self.latency = Histogram(f"{p}_request_latency_seconds",
+                                 "Gateway latency of a prediction by variant and model version.",
+                                 ["variant", "model_version"], buckets=LATENCY_BUCKETS)
         self.rejected = Counter(f"{p}_rejected_requests", "Requests refused before any work, by status.",
                                 ["status"])
         self.upstream_calls = Counter(f"{p}_upstream_calls", "Calls to scorers by upstream and result.",

@@ -32,6 +32,7 @@ def canary_config(s: Settings) -> analysis.CanaryConfig:
     return analysis.CanaryConfig(
         stages=tuple(s.canary_stages), interval_s=s.canary_interval_s, deadline_s=s.canary_deadline_s,
         check_every_s=s.canary_check_every_s, min_requests=s.canary_min_requests,
+        min_latency_sample=s.canary_min_latency_sample,
         max_error_rate_delta=s.canary_max_error_rate_delta, max_p95_ratio=s.canary_max_p95_ratio,
         p95_slack_ms=s.canary_p95_slack_ms, min_quality_labels=s.canary_min_quality_labels,
         min_quality_positives=s.canary_min_quality_positives, max_auc_drop=s.canary_max_auc_drop)

@@ -69,7 +69,7 @@ def test_histogram_quantile_interpolates_like_prometheus():
 
 
 CFG = CanaryConfig(interval_s=10, deadline_s=30, min_requests=50, min_error_sample=10, min_latency_sample=20)
-GOOD = UpstreamStats(calls=500, failures=1, p95_s=0.02)
+GOOD = UpstreamStats(calls=500, failures=1, p95_s=0.02, p50_s=0.01)
 
 
 @pytest.mark.parametrize("canary_stats,elapsed,kw,status,reason", [
@@ -78,8 +78,9 @@ GOOD = UpstreamStats(calls=500, failures=1, p95_s=0.02)
     (UpstreamStats(20, 0, 0.02), 12, {}, "wait", None),
     (UpstreamStats(20, 0, 0.02), 31, {}, "fail", "by the 30 s deadline"),
     (UpstreamStats(40, 8, 0.02), 2, {}, "fail", "error rate 20.0%"),
-    (UpstreamStats(40, 0, 0.30), 2, {}, "fail", "p95 300 ms"),
-    (UpstreamStats(15, 0, 0.30), 2, {}, "wait", None),  # too few calls for a p95 verdict
+    (UpstreamStats(40, 0, 0.30, 0.25), 2, {}, "fail", "p95 300 ms"),
+    (UpstreamStats(40, 0, 0.30, 0.01), 2, {}, "wait", None),  # a slow tail, a normal median: stalls, not the model
+    (UpstreamStats(15, 0, 0.30, 0.25), 2, {}, "wait", None),  # too few calls for a latency verdict
     (UpstreamStats(5, 5, None), 2, {"canary_breaker_open": True}, "fail", "breaker is open"),
     (UpstreamStats(100, 0, 0.02), 12, {"canary_quality": Quality(300, 10, 0.80),
                                        "stable_quality": Quality(3000, 60, 0.95)}, "fail", "live AUC 0.800"),

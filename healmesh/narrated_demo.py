@@ -1,0 +1,341 @@
+"""`healmesh demo`: four episodes on a running `make up`, narrated as they happen.
+
+1. steady traffic;
+2. the XGBoost scorer is killed: its breaker opens, PyTorch and the fallback answer; it is
+   started again: half-open, closed, its share ramps back;
+3. drift is injected: drift report, retraining, canary, promotion (through Airflow);
+4. a bad challenger (errors on the canary slot): rolled back at the first stage.
+
+Steady labelled traffic runs through all of it (127.0.0.1 only, bounded in time). Writes
+``summary.md`` and PNG plots (traffic share by variant, latency, breaker states, drift
+scores) into the results folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from healmesh import procs, registry, schema, stack
+from healmesh.data import NO_DRIFT, DriftSpec, generate
+from healmesh.lifecycle import traffic
+from healmesh.lifecycle.airflow_api import AirflowClient
+from healmesh.settings import get_settings
+
+COVARIATE = DriftSpec(covariate_shift={"amount": 1.2, "distance_from_home_km": 1.0, "channel": 0.4,
+                                       "merchant_category": 0.3})
+
+
+@dataclass
+class Reply:
+    t: float
+    status: int
+    variant: str
+    latency_ms: float
+
+
+@dataclass
+class Sample:
+    t: float
+    weights: dict[str, float]
+    breakers: dict[str, str]
+    stage: int
+    status: str
+    drift: dict[str, float]
+
+
+@dataclass
+class Recording:
+    replies: list[Reply] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    episodes: list[tuple[str, float, float]] = field(default_factory=list)
+    timeline: list[tuple[float, str]] = field(default_factory=list)
+
+
+class Steady:
+    """Labelled single-transaction traffic at a fixed concurrency, its drift switchable."""
+
+    def __init__(self, url: str, rec: Recording, t0: float, concurrency: int = 6, max_s: float = 1_800.0) -> None:
+        self.url, self.rec, self.t0, self.concurrency = url, rec, t0, concurrency
+        self.drift: DriftSpec = NO_DRIFT
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + max_s
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _run(self) -> None:
+        seed = 50_000
+        async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=self.concurrency)) as client:
+            while not self._stop.is_set() and time.monotonic() < self._deadline:
+                seed += 1
+                await self._chunk(client, seed)
+
+    async def _chunk(self, client: httpx.AsyncClient, seed: int) -> None:
+        frame = generate(120, seed=seed, drift=self.drift)
+        cols = list(schema.FEATURE_NAMES) + [schema.ENTITY_KEY]
+        rows = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in frame[cols].to_dict("records")]
+        truth = frame[schema.LABEL].to_numpy()
+        labels: list[dict[str, Any]] = []
+
+        async def one(i: int) -> None:
+            t = time.monotonic()
+            try:
+                r = await client.post(f"{self.url}/api/v1/predict", json=rows[i])
+            except httpx.HTTPError:
+                self.rec.replies.append(Reply(t - self.t0, 0, "", 0.0))
+                return
+            body = r.json() if r.status_code == 200 else {}
+            self.rec.replies.append(Reply(t - self.t0, r.status_code, body.get("variant", ""),
+                                          (time.monotonic() - t) * 1000))
+            if body:
+                labels.append({"request_id": body["request_id"], "label": int(truth[i])})
+
+        for start in range(0, len(rows), self.concurrency):
+            await asyncio.gather(*(one(i) for i in range(start, min(start + self.concurrency, len(rows)))))
+        if labels:
+            await asyncio.sleep(0.1)  # the gateway writes its log off the hot path
+            with contextlib.suppress(httpx.HTTPError):
+                await client.post(f"{self.url}/api/v1/feedback/batch", json=labels)
+
+    def start(self) -> Steady:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+class Sampler:
+    def __init__(self, url: str, token: str, rec: Recording, t0: float) -> None:
+        self.url, self.headers, self.rec, self.t0 = url, {"Authorization": f"Bearer {token}"}, rec, t0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                st = httpx.get(f"{self.url}/api/v1/admin/state", headers=self.headers, timeout=3).json()
+            except (httpx.HTTPError, ValueError):
+                continue
+            control = st["control"]
+            self.rec.samples.append(Sample(
+                time.monotonic() - self.t0, st["effective_weights"],
+                {k: v["state"] for k, v in st["breakers"].items()}, control["rollout"]["stage"],
+                control["rollout"]["status"],
+                {f: s.get("psi", 0.0) for f, s in control["drift"].get("scores", {}).items()}))
+
+    def latest(self) -> Sample | None:
+        return self.rec.samples[-1] if self.rec.samples else None
+
+    def wait_for(self, predicate: Any, timeout_s: float) -> float | None:
+        """Seconds until ``predicate(sample)`` holds, or None."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            s = self.latest()
+            if s is not None and predicate(s):
+                return time.monotonic() - t0
+            time.sleep(0.2)
+        return None
+
+    def start(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def run(out: Path | None = None, steady_s: float = 20.0) -> int:
+    s = get_settings()
+    gateway = f"http://127.0.0.1:{s.gateway_port}"
+    xgb = f"http://127.0.0.1:{s.xgb_port}"
+    token = stack.admin_token(s)
+    password = procs.airflow_password(stack.airflow_home(s))
+    if password is None:
+        print("Airflow is not running here: start the mesh with `make up` first")
+        return 1
+    af = AirflowClient(f"http://127.0.0.1:{s.airflow_port}", "admin", password)
+    out = out or Path("results") / f"demo-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
+    out.mkdir(parents=True, exist_ok=True)
+    rec = Recording()
+    t0 = time.monotonic()
+
+    def say(msg: str) -> None:
+        t = time.monotonic() - t0
+        rec.timeline.append((round(t, 1), msg))
+        print(f"[{t:7.1f}s] {msg}", flush=True)
+
+    def episode(name: str) -> Any:
+        class _Ep:
+            def __enter__(self) -> None:
+                self.start = time.monotonic() - t0
+                say(f"== {name}")
+
+            def __exit__(self, *exc: object) -> None:
+                rec.episodes.append((name, self.start, time.monotonic() - t0))
+        return _Ep()
+
+    steady = Steady(gateway, rec, t0).start()
+    sampler = Sampler(gateway, token, rec, t0).start()
+    figures: dict[str, Any] = {}
+    try:
+        with episode("1. steady traffic"):
+            time.sleep(steady_s)
+            say(f"{len(rec.replies)} answers so far; weights {sampler.latest().weights if sampler.latest() else '?'}")
+
+        with episode("2. the XGBoost scorer is killed and comes back"):
+            stack.kill("xgboost")
+            say("XGBoost scorer killed (SIGKILL to its process group)")
+            opened = sampler.wait_for(lambda x: x.breakers.get("xgboost_stable") == "open", 30)
+            say(f"breaker xgboost_stable open after {opened:.1f}s; its share goes to PyTorch" if opened is not None
+                else "breaker did not open within 30 s")
+            time.sleep(8)
+            restart = time.monotonic()
+            stack.start_scorer("xgboost")
+            say(f"XGBoost scorer ready again after {time.monotonic() - restart:.1f}s")
+            back = sampler.wait_for(lambda x: abs(x.weights.get("xgboost_stable", 0) - 0.8) < 1e-6
+                                    and x.breakers.get("xgboost_stable") == "closed", 90)
+            figures["seconds_until_breaker_open"] = opened
+            figures["seconds_from_restart_to_full_share"] = round(time.monotonic() - restart, 1) if back else None
+            say(f"full 80 % share back {figures['seconds_from_restart_to_full_share']}s after the restart")
+
+        with episode("3. drift: report, retrain, canary, promotion"):
+            name = s.xgb_registered_name
+            old = registry.version_by_alias(s, name, s.champion_alias)
+            figures["champion_before"] = old.version if old else None
+            steady.drift = COVARIATE
+            drifted = traffic.send_sync(gateway, 12_000, seed=808, drift=COVARIATE, batch=50)
+            say(f"{drifted.answered} drifted transactions with labels; old champion AUC {drifted.auc('xgboost')}")
+            started = datetime.now(UTC).isoformat()
+            run_id = af.trigger("drift_monitor", {"window_records": 10_000})
+            dm = af.wait("drift_monitor", run_id, 300)
+            say(f"drift_monitor {dm['state']}: see {s.drift_reports_dir / 'index.html'}")
+            rt = af.wait("retrain", af.next_run_after("retrain", started, 120)["dag_run_id"], 600)
+            say(f"retrain {rt['state']} (started by the drift asset)")
+            cr = af.wait("canary_rollout", af.next_run_after("canary_rollout", started, 120)["dag_run_id"], 1_200)
+            new = registry.version_by_alias(s, name, s.champion_alias)
+            figures["champion_after"] = new.version if new else None
+            say(f"canary_rollout {cr['state']}: champion v{figures['champion_before']} -> v{figures['champion_after']}")
+
+        with episode("4. a bad challenger is rolled back"):
+            bad = figures["champion_before"]
+            httpx.put(f"{xgb}/admin/faults", headers={"Authorization": f"Bearer {token}"},
+                      json={"error_rate": 1.0, "slot": "canary"})
+            try:
+                run_id = af.trigger("canary_rollout", {"version": bad})
+                say(f"canary_rollout of v{bad} with errors injected on the canary slot")
+                cr = af.wait("canary_rollout", run_id, 600)
+            finally:
+                httpx.delete(f"{xgb}/admin/faults", headers={"Authorization": f"Bearer {token}"})
+            rollout = httpx.get(f"{gateway}/api/v1/admin/rollout", headers={"Authorization": f"Bearer {token}"}).json()
+            champion = registry.version_by_alias(s, s.xgb_registered_name, s.champion_alias)
+            figures["bad_challenger"] = {"run": cr["state"], "rollout_status": rollout["status"], "note": rollout["note"],
+                                         "champion": champion.version if champion else None}
+            say(f"canary_rollout {cr['state']}: {rollout['status']} ({rollout['note']}); "
+                f"champion still v{figures['bad_challenger']['champion']}")
+            time.sleep(5)
+    finally:
+        steady.stop()
+        sampler.stop()
+    figures["requests"] = len(rec.replies)
+    figures["client_errors"] = sum(1 for r in rec.replies if r.status != 200)
+    say(f"done: {figures['requests']} requests, {figures['client_errors']} client errors")
+    write_results(out, rec, figures)
+    print(f"summary: {out / 'summary.md'}")
+    return 0 if figures["client_errors"] == 0 else 1
+
+
+def _buckets(rec: Recording, width: float = 2.0) -> dict[int, list[Reply]]:
+    out: dict[int, list[Reply]] = defaultdict(list)
+    for r in rec.replies:
+        out[int(r.t // width)].append(r)
+    return out
+
+
+def write_results(out: Path, rec: Recording, figures: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    width = 2.0
+    buckets = _buckets(rec, width)
+    xs = sorted(buckets)
+    t = [k * width for k in xs]
+    variants = ["xgboost_stable", "xgboost_canary", "pytorch", "fallback", "gateway_rules"]
+
+    def shade(ax: Any) -> None:
+        for i, (name, a, b) in enumerate(rec.episodes):
+            ax.axvspan(a, b, color=f"C{i}", alpha=0.07)
+            ax.text(a + 1, ax.get_ylim()[1] * 0.97, name.split(".")[0], fontsize=8, va="top")
+
+    fig, ax = plt.subplots(figsize=(12, 4))
+    shares = {v: [sum(r.variant == v for r in buckets[k]) / max(len(buckets[k]), 1) for k in xs] for v in variants}
+    ax.stackplot(t, *[shares[v] for v in variants], labels=variants, alpha=0.85)
+    ax.set(title="Traffic share by variant", xlabel="seconds", ylabel="share", ylim=(0, 1))
+    ax.legend(loc="lower left", fontsize=8, ncol=5)
+    shade(ax)
+    fig.tight_layout()
+    fig.savefig(out / "traffic_share.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(12, 4))
+    for q in (50, 95):
+        ax.plot(t, [np.percentile([r.latency_ms for r in buckets[k]], q) if buckets[k] else np.nan for k in xs],
+                label=f"p{q}")
+    ax.set(title="Client latency (ms)", xlabel="seconds", ylabel="ms")
+    ax.legend()
+    shade(ax)
+    fig.tight_layout()
+    fig.savefig(out / "latency.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(12, 3.5))
+    level = {"closed": 0, "half_open": 1, "open": 2}
+    ups = sorted({u for smp in rec.samples for u in smp.breakers})
+    for i, u in enumerate(ups):
+        ax.step([smp.t for smp in rec.samples], [level[smp.breakers.get(u, "closed")] + i * 3 for smp in rec.samples],
+                where="post", label=u)
+    ax.set_yticks([i * 3 + j for i in range(len(ups)) for j in range(3)],
+                  [f"{u} {s}" for u in ups for s in ("closed", "half", "open")], fontsize=7)
+    ax.set(title="Breaker states", xlabel="seconds")
+    shade(ax)
+    fig.tight_layout()
+    fig.savefig(out / "breakers.png", dpi=110)
+    plt.close(fig)
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [2, 1]})
+    ax1.plot([smp.t for smp in rec.samples], [smp.stage for smp in rec.samples], label="canary stage %")
+    ax1.set(title="Rollout stage", xlabel="seconds", ylabel="% of the XGBoost share")
+    shade(ax1)
+    last = next((smp.drift for smp in reversed(rec.samples) if smp.drift), {})
+    top = sorted(last.items(), key=lambda kv: -kv[1])[:10]
+    ax2.barh([k for k, _ in top][::-1], [v for _, v in top][::-1])
+    ax2.axvline(0.2, color="red", ls="--", lw=1)
+    ax2.set(title="Drift per feature (PSI, latest check)")
+    fig.tight_layout()
+    fig.savefig(out / "drift.png", dpi=110)
+    plt.close(fig)
+
+    lines = ["# healmesh demo", "", f"{figures['requests']} requests through the gateway, "
+             f"**{figures['client_errors']} client errors**.", "", "| episode | from s | to s |", "|---|---:|---:|"]
+    lines += [f"| {name} | {a:.0f} | {b:.0f} |" for name, a, b in rec.episodes]
+    lines += ["", "## Figures", ""]
+    lines += [f"- {k}: {json.dumps(v)}" for k, v in figures.items()]
+    lines += ["", "## Timeline", ""] + [f"- `{t_:7.1f}s` {m}" for t_, m in rec.timeline]
+    lines += ["", "![traffic share](traffic_share.png)", "", "![latency](latency.png)", "",
+              "![breakers](breakers.png)", "", "![drift](drift.png)", ""]
+    (out / "summary.md").write_text("\n".join(lines))
+    (out / "figures.json").write_text(json.dumps(figures, indent=2))
