@@ -19,6 +19,7 @@ import json
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -116,8 +117,12 @@ class Steady:
 
 
 class Sampler:
-    def __init__(self, url: str, token: str, rec: Recording, t0: float) -> None:
+    """Reads the gateway's state twice a second; tells ``on_change`` of breaker and rollout moves."""
+
+    def __init__(self, url: str, token: str, rec: Recording, t0: float,
+                 on_change: Callable[[str], None] = lambda _: None) -> None:
         self.url, self.headers, self.rec, self.t0 = url, {"Authorization": f"Bearer {token}"}, rec, t0
+        self.on_change = on_change
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -128,11 +133,21 @@ class Sampler:
             except (httpx.HTTPError, ValueError):
                 continue
             control = st["control"]
+            before = self.latest()
             self.rec.samples.append(Sample(
                 time.monotonic() - self.t0, st["effective_weights"],
                 {k: v["state"] for k, v in st["breakers"].items()}, control["rollout"]["stage"],
                 control["rollout"]["status"],
                 {f: s.get("psi", 0.0) for f, s in control["drift"].get("scores", {}).items()}))
+            if before is not None:
+                self._narrate(before, self.rec.samples[-1])
+
+    def _narrate(self, before: Sample, now: Sample) -> None:
+        for upstream, state in now.breakers.items():
+            if before.breakers.get(upstream) != state:
+                self.on_change(f"  breaker {upstream}: {before.breakers.get(upstream)} -> {state}")
+        if (before.stage, before.status) != (now.stage, now.status):
+            self.on_change(f"  rollout: {now.status}, canary at {now.stage}% of the XGBoost share")
 
     def latest(self) -> Sample | None:
         return self.rec.samples[-1] if self.rec.samples else None
@@ -187,7 +202,7 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
         return _Ep()
 
     steady = Steady(gateway, rec, t0).start()
-    sampler = Sampler(gateway, token, rec, t0).start()
+    sampler = Sampler(gateway, token, rec, t0, on_change=say).start()
     figures: dict[str, Any] = {}
     try:
         with episode("1. steady traffic"):
@@ -219,11 +234,13 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
             say(f"{drifted.answered} drifted transactions with labels; old champion AUC {drifted.auc('xgboost')}")
             started = datetime.now(UTC).isoformat()
             run_id = af.trigger("drift_monitor", {"window_records": 10_000})
-            dm = af.wait("drift_monitor", run_id, 300)
+            dm = af.wait("drift_monitor", run_id, 300, progress=lambda m: say(f"  drift_monitor: {m}"))
             say(f"drift_monitor {dm['state']}: see {s.drift_reports_dir / 'index.html'}")
-            rt = af.wait("retrain", af.next_run_after("retrain", started, 120)["dag_run_id"], 600)
+            rt = af.wait("retrain", af.next_run_after("retrain", started, 120)["dag_run_id"], 600,
+                         progress=lambda m: say(f"  retrain: {m}"))
             say(f"retrain {rt['state']} (started by the drift asset)")
-            cr = af.wait("canary_rollout", af.next_run_after("canary_rollout", started, 120)["dag_run_id"], 1_200)
+            cr = af.wait("canary_rollout", af.next_run_after("canary_rollout", started, 120)["dag_run_id"], 1_200,
+                         progress=lambda m: say(f"  canary_rollout: {m}"))
             new = registry.version_by_alias(s, name, s.champion_alias)
             figures["champion_after"] = new.version if new else None
             say(f"canary_rollout {cr['state']}: champion v{figures['champion_before']} -> v{figures['champion_after']}")
@@ -235,7 +252,7 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
             try:
                 run_id = af.trigger("canary_rollout", {"version": bad})
                 say(f"canary_rollout of v{bad} with errors injected on the canary slot")
-                cr = af.wait("canary_rollout", run_id, 600)
+                cr = af.wait("canary_rollout", run_id, 600, progress=lambda m: say(f"  canary_rollout: {m}"))
             finally:
                 httpx.delete(f"{xgb}/admin/faults", headers={"Authorization": f"Bearer {token}"})
             rollout = httpx.get(f"{gateway}/api/v1/admin/rollout", headers={"Authorization": f"Bearer {token}"}).json()

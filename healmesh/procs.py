@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 
+from healmesh.settings import get_settings
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -127,7 +129,8 @@ def bentoml_server(name: str, target: str, port: int, log_dir: Path, env: Mappin
                    cwd: Path | None = None) -> ServerProcess:
     """`bentoml serve <target> -p <port>` on 127.0.0.1, from the same interpreter, with its own
     metrics directory (see ``private_bentoml_home``)."""
-    cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "-p", str(port)]
+    cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "-p", str(port),
+           "--timeout-keep-alive", str(get_settings().server_keep_alive_s)]
     home = private_bentoml_home(name, log_dir.parent / "bentoml-homes")
     return ServerProcess(name=name, cmd=cmd, port=port, log_path=log_dir / f"{name}.log",
                          env={**(env or {}), "BENTOML_HOME": str(home)}, cwd=cwd)

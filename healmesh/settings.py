@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     feedback_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     control_poll_s: float = Field(default=0.5, gt=0)
     gateway_access_log: bool = False
+    # Idle keep-alive of every server we start (`bentoml serve --timeout-keep-alive`). uvicorn's
+    # 5 s default closes a connection a client is about to reuse whenever the server's loop is
+    # late by that much; a client must idle out first (the gateway's pool keeps connections
+    # half as long), as behind a load balancer with a 60 s idle timeout.
+    server_keep_alive_s: int = Field(default=75, ge=1)
     gateway_tracing: bool = False
 
     # --- lifecycle: drift, retraining, canary rollout (the Airflow DAGs) --------------------

@@ -32,6 +32,12 @@ sys.path.insert(0, str(ROOT))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # a failed run keeps every server's log (gateway, scorers, Redis, MLflow) for the post-mortem
+    if exitstatus not in (0, 5) and (_SESSION_DIR / "logs").is_dir():
+        kept = ARTIFACTS / "server-logs"
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(_SESSION_DIR / "logs", kept)
+        print(f"\nserver logs kept in {kept}")
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 

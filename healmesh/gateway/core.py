@@ -74,7 +74,8 @@ class GatewayCore:
             redis, settings.key_prefix, maxlen=settings.feature_stream_maxlen, ttl_s=settings.feedback_ttl_s,
             buffer_max=settings.feature_buffer_max, batch_size=settings.feature_flush_batch,
             flush_interval_s=settings.feature_flush_interval_ms / 1000.0)
-        self.clients = {proc: ScorerClient(addr) for proc, addr in addresses.items()}
+        self.clients = {proc: ScorerClient(addr, keep_alive_s=settings.server_keep_alive_s / 2)
+                        for proc, addr in addresses.items()}
         self.addresses = dict(addresses)
         self.upstreams: dict[str, Upstream] = {
             name: Upstream(name, proc, self.clients[proc], route, max_in_flight=settings.upstream_max_in_flight,

@@ -69,6 +69,16 @@ class GatewayMetrics:
                                      multiprocess_mode="livemin")
         for v in routing.VARIANTS + (routing.FALLBACK,):
             self.breaker_state.labels(v).set(0)
+        # series with a fixed label set exist from the start at 0, so dashboards and alerts
+        # (rate(), absent()) see "none yet" instead of "no data"
+        for result in ("ok", "error", "dropped"):
+            self.shadow_calls.labels(result)
+        for agree in ("true", "false"):
+            self.shadow_compared.labels(agree)
+        for state in ("written", "dropped"):
+            self.log_records.labels(state)
+        for decision in ("allowed", "denied_deadline", "denied_budget"):
+            self.retries.labels(decision)
 
     def publish_weights(self, configured: Mapping[str, float], effective: Mapping[str, float]) -> None:
         for v in routing.VARIANTS:

@@ -60,9 +60,10 @@ class ScorerClient:
     """A connection pool to one scorer process: ``http(s)://host:port`` or a Unix socket
     (the address BentoML gives a dependency inside one `bentoml serve`). Opened in the loop."""
 
-    def __init__(self, address: str, max_connections: int = 256) -> None:
+    def __init__(self, address: str, max_connections: int = 256, keep_alive_s: float = 15.0) -> None:
         self.address = address
         self.max_connections = max_connections
+        self.keep_alive_s = keep_alive_s  # below the scorer's own idle timeout: we close first
         parsed = urlparse(address)
         # BentoML hands a dependency in the same `bentoml serve` a socket as file:///....sock
         self._uds = parsed.path if parsed.scheme in ("unix", "file") else None
@@ -74,9 +75,11 @@ class ScorerClient:
         if self._session is None:
             connector: aiohttp.BaseConnector
             if self._uds:
-                connector = aiohttp.UnixConnector(path=self._uds, limit=self.max_connections)
+                connector = aiohttp.UnixConnector(path=self._uds, limit=self.max_connections,
+                                                  keepalive_timeout=self.keep_alive_s)
             else:
-                connector = aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300)
+                connector = aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300,
+                                                 keepalive_timeout=self.keep_alive_s)
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 

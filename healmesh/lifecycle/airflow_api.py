@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -36,10 +37,22 @@ class AirflowClient:
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self._req("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
 
-    def wait(self, dag_id: str, run_id: str, timeout_s: float, poll_s: float = 2.0) -> dict[str, Any]:
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        tis = self._req("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        return {t["task_id"]: t["state"] for t in tis}
+
+    def wait(self, dag_id: str, run_id: str, timeout_s: float, poll_s: float = 2.0,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Poll until the run ends; ``progress`` hears each change of its tasks' states."""
         deadline = time.monotonic() + timeout_s
+        last = ""
         while time.monotonic() < deadline:
             run = self.run(dag_id, run_id)
+            if progress is not None:
+                line = task_progress(self.task_states(dag_id, run_id))
+                if line != last:
+                    progress(line)
+                    last = line
             if run["state"] in ("success", "failed"):
                 return run
             time.sleep(poll_s)
@@ -54,3 +67,19 @@ class AirflowClient:
                     return run
             time.sleep(poll_s)
         raise TimeoutError(f"no {dag_id} run started within {timeout_s:.0f}s")
+
+
+FINISHED = ("success", "skipped", "failed", "upstream_failed", "removed")
+
+
+def task_progress(states: dict[str, str | None]) -> str:
+    """'3/6 tasks done; running: train_candidate' from task id -> state."""
+    done = sum(1 for s in states.values() if s in FINISHED)
+    running = sorted(t for t, s in states.items() if s == "running")
+    failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed"))
+    line = f"{done}/{len(states)} tasks done"
+    if running:
+        line += f"; running: {', '.join(running)}"
+    if failed:
+        line += f"; failed: {', '.join(failed)}"
+    return line

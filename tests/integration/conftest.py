@@ -109,3 +109,21 @@ def gateway(scorers, redis_srv, session_dir: Path) -> Iterator[procs.ServerProce
     server = start_gateway(session_dir, redis_srv.port, scorer_urls(scorers), tag="main")
     yield server
     server.stop()
+
+
+def publish_drift(redis_port: int, prefix: str = "hm-main") -> None:
+    """Write a drift result into the control state, as the drift DAG does."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from healmesh.gateway.control import ControlStore, DriftSummary
+
+    async def publish() -> None:
+        client = aioredis.Redis(port=redis_port)
+        await ControlStore(client, prefix).publish_drift(DriftSummary(
+            checked_at=1_700_000_000.0, model_version="1", window_size=5000, decision="drift", share_drifted=0.25,
+            scores={"amount": {"psi": 0.31, "ks": 0.2}}))
+        await client.aclose()
+
+    asyncio.run(publish())

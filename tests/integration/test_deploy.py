@@ -17,7 +17,7 @@ import yaml
 
 from healmesh import procs
 
-from .conftest import ROOT, TOKEN
+from .conftest import ROOT, TOKEN, publish_drift
 from .load import run, transactions
 
 pytestmark = pytest.mark.integration
@@ -115,8 +115,10 @@ def metric_names(expr: str) -> set[str]:
     return {t for t in tokens if t not in PROMQL_WORDS and not re.fullmatch(r"\d+", t)}
 
 
-def test_every_dashboard_query_names_only_metrics_the_mesh_exports(gateway, scorers):
+def test_every_dashboard_query_names_only_metrics_the_mesh_exports(gateway, scorers, redis_srv):
     run(gateway.url + "/api/v1/predict", transactions(50, seed=22), concurrency=4)
+    publish_drift(redis_srv.port)  # drift series exist once the drift DAG has written a result
+    time.sleep(1.2)  # the gateway re-reads the control state every second
     exported: set[str] = set()
     for url in [gateway.url, *(s.url for s in scorers.values())]:
         for line in httpx.get(url + "/metrics").text.splitlines():

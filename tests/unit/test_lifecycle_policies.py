@@ -123,3 +123,11 @@ def test_gate_and_training_set_rules():
     assert data.reference_rows == round(0.5 * (4_000 - len(data.holdout)))
     assert len(data.holdout) == round(0.3 * 4_000)
     assert isinstance(data.train, pd.DataFrame) and set(data.train.columns) >= set(schema.FEATURE_NAMES)
+
+
+def test_task_progress_counts_finished_tasks_and_names_running_and_failed_ones():
+    from healmesh.lifecycle.airflow_api import task_progress
+
+    line = task_progress({"a": "success", "b": "skipped", "c": "running", "d": None, "e": "upstream_failed"})
+    assert line == "3/5 tasks done; running: c; failed: e"
+    assert task_progress({"a": "queued"}) == "0/1 tasks done"
