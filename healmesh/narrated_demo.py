@@ -210,8 +210,9 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
             say(f"{len(rec.replies)} answers so far; weights {sampler.latest().weights if sampler.latest() else '?'}")
 
         with episode("2. the XGBoost scorer is killed and comes back"):
-            stack.kill("xgboost")
-            say("XGBoost scorer killed (SIGKILL to its process group)")
+            if not stack.kill("xgboost"):
+                raise RuntimeError("the XGBoost scorer was not started by `healmesh up`: nothing to kill")
+            say("XGBoost scorer killed (SIGKILL to its arbiter and workers)")
             opened = sampler.wait_for(lambda x: x.breakers.get("xgboost_stable") == "open", 30)
             say(f"breaker xgboost_stable open after {opened:.1f}s; its share goes to PyTorch" if opened is not None
                 else "breaker did not open within 30 s")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 from healmesh.settings import get_settings
 
@@ -30,6 +31,30 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex((host, port)) == 0
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """The process and all its descendants. BentoML's workers run in process groups of their
+    own: killing the arbiter's group alone leaves them serving on the inherited socket."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def signal_all(tree: Sequence[psutil.Process], sig: int) -> None:
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(sig)
+
+
+def kill_tree(pid: int) -> bool:
+    """SIGKILL a process and every descendant at once, as a crash of the host would. False if
+    nothing ran."""
+    tree = process_tree(pid)
+    signal_all(tree, signal.SIGKILL)
+    return bool(tree)
 
 
 class ServerFailed(RuntimeError):
@@ -87,12 +112,12 @@ class ServerProcess:
     def stop(self, timeout: float = 15.0) -> None:
         if self.popen is None:
             return
+        tree = process_tree(self.popen.pid)  # now: once the arbiter is gone its workers are orphans
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=timeout)
-        with contextlib.suppress(ProcessLookupError):  # workers that outlived their arbiter
-            os.killpg(self.popen.pid, signal.SIGKILL)
+        signal_all(tree, signal.SIGKILL)  # workers that outlived their arbiter
         self.popen.wait(timeout=5)
 
     def log_tail(self, lines: int = 40) -> str:

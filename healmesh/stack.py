@@ -120,13 +120,10 @@ def scorer_env(settings: Settings, tracking: str) -> dict[str, str]:
 def kill(name: str) -> bool:
     """SIGKILL a process `up` started (its whole group), as a crash would. False if not running."""
     pid_file = _pid_file(get_settings(), name)
-    if not pid_file.exists():
-        return False
     try:
-        os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-    except (ProcessLookupError, ValueError):
+        return procs.kill_tree(int(pid_file.read_text()))
+    except (FileNotFoundError, ValueError):
         return False
-    return True
 
 
 def start_scorer(name: str) -> int:
@@ -198,7 +195,7 @@ def ensure_airflow(settings: Settings, env: dict[str, str]) -> int:
 
 def _airflow_ready(port: int) -> bool:
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2).status_code == 200
+        return httpx.get(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -233,12 +230,13 @@ def down() -> int:
         if not pid_file.exists():
             continue
         pid = int(pid_file.read_text() or 0)
+        tree = procs.process_tree(pid) if pid else []
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
             for _ in range(50):
                 os.killpg(pid, 0)
                 time.sleep(0.2)
-            os.killpg(pid, signal.SIGKILL)
+        procs.signal_all(tree, signal.SIGKILL)  # what outlived a graceful stop, orphans included
         pid_file.unlink(missing_ok=True)
         print(f"{name:<9} stopped")
     return 0
