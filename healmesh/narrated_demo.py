@@ -341,7 +341,8 @@ def write_results(out: Path, rec: Recording, figures: dict[str, Any]) -> None:
     last = next((smp.drift for smp in reversed(rec.samples) if smp.drift), {})
     top = sorted(last.items(), key=lambda kv: -kv[1])[:10]
     ax2.barh([k for k, _ in top][::-1], [v for _, v in top][::-1])
-    ax2.axvline(0.2, color="red", ls="--", lw=1)
+    ax2.axvline(get_settings().drift_psi, color="red", ls="--", lw=1, label="drift threshold")
+    ax2.legend(loc="lower right", fontsize=8)
     ax2.set(title="Drift per feature (PSI, latest check)")
     fig.tight_layout()
     fig.savefig(out / "drift.png", dpi=110)

@@ -76,7 +76,7 @@ def task_progress(states: dict[str, str | None]) -> str:
     """'3/6 tasks done; running: train_candidate' from task id -> state."""
     done = sum(1 for s in states.values() if s in FINISHED)
     running = sorted(t for t, s in states.items() if s == "running")
-    failed = sorted(t for t, s in states.items() if s in ("failed", "upstream_failed"))
+    failed = sorted(t for t, s in states.items() if s == "failed")  # not the ones skipped after them
     line = f"{done}/{len(states)} tasks done"
     if running:
         line += f"; running: {', '.join(running)}"
