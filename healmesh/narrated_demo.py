@@ -237,9 +237,13 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
             run_id = af.trigger("drift_monitor", {"window_records": 10_000})
             dm = af.wait("drift_monitor", run_id, 300, progress=lambda m: say(f"  drift_monitor: {m}"))
             say(f"drift_monitor {dm['state']}: see {s.drift_reports_dir / 'index.html'}")
+            if dm["state"] != "success":
+                raise RuntimeError("the drift check failed: its task log is in the Airflow UI")
             rt = af.wait("retrain", af.next_run_after("retrain", started, 120)["dag_run_id"], 600,
                          progress=lambda m: say(f"  retrain: {m}"))
             say(f"retrain {rt['state']} (started by the drift asset)")
+            if rt["state"] != "success":
+                raise RuntimeError("retraining failed: its task log is in the Airflow UI")
             cr = af.wait("canary_rollout", af.next_run_after("canary_rollout", started, 120)["dag_run_id"], 1_200,
                          progress=lambda m: say(f"  canary_rollout: {m}"))
             new = registry.version_by_alias(s, name, s.champion_alias)
@@ -263,6 +267,9 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
             say(f"canary_rollout {cr['state']}: {rollout['status']} ({rollout['note']}); "
                 f"champion still v{figures['bad_challenger']['champion']}")
             time.sleep(5)
+    except Exception as exc:  # noqa: BLE001 - an episode that fails is reported, and the plots still written
+        figures["failed"] = f"{type(exc).__name__}: {exc}"
+        say(f"stopped: {figures['failed']}")
     finally:
         steady.stop()
         sampler.stop()
@@ -271,7 +278,7 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
     say(f"done: {figures['requests']} requests, {figures['client_errors']} client errors")
     write_results(out, rec, figures)
     print(f"summary: {out / 'summary.md'}")
-    return 0 if figures["client_errors"] == 0 else 1
+    return 0 if figures["client_errors"] == 0 and "failed" not in figures else 1
 
 
 def _buckets(rec: Recording, width: float = 2.0) -> dict[int, list[Reply]]:

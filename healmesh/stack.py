@@ -43,13 +43,13 @@ def admin_token(settings: Settings) -> str:
 
 
 def models_available(settings: Settings) -> bool:
-    """Both model scorers have something to serve: a champion in the registry or a built-in model."""
+    """Both model scorers have something to serve: a champion in the registry when one answers
+    (the lifecycle needs it, so built-in models alone do not do), else a built-in model."""
     from healmesh import bento_store, registry
 
     if registry.is_reachable(settings):
         names = (settings.xgb_registered_name, settings.mlp_registered_name)
-        if all(registry.version_by_alias(settings, n, settings.champion_alias) for n in names):
-            return True
+        return all(registry.version_by_alias(settings, n, settings.champion_alias) for n in names)
     import bentoml
 
     try:
@@ -184,13 +184,17 @@ def ensure_airflow(settings: Settings, env: dict[str, str]) -> int:
     server.cwd = ROOT
     server.start()
     _remember(settings, server)
+    return 0 if _await_ready(server, timeout=240) else 1
+
+
+def _await_ready(server: procs.ServerProcess, timeout: float) -> bool:
     try:
-        server.wait_ready(timeout=240)
+        server.wait_ready(timeout=timeout)
     except procs.ServerFailed as exc:
         print(str(exc), file=sys.stderr)
-        return 1
-    print(f"{'airflow':<9} ready on {server.url}  (log: {server.log_path})")
-    return 0
+        return False
+    print(f"{server.name:<9} ready on {server.url}  (log: {server.log_path})")
+    return True
 
 
 def _airflow_ready(port: int) -> bool:
@@ -213,14 +217,7 @@ def _start_group(settings: Settings, group: list[tuple[str, str, int, dict[str, 
         server.start()
         _remember(settings, server)
         started.append(server)
-    for server in started:
-        try:
-            server.wait_ready(timeout=120)
-        except procs.ServerFailed as exc:
-            print(str(exc), file=sys.stderr)
-            return 1
-        print(f"{server.name:<9} ready on {server.url}  (log: {server.log_path})")
-    return 0
+    return 0 if all(_await_ready(server, timeout=120) for server in started) else 1
 
 
 def down() -> int:
