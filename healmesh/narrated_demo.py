@@ -222,7 +222,7 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
             say(f"XGBoost scorer ready again after {time.monotonic() - restart:.1f}s")
             back = sampler.wait_for(lambda x: abs(x.weights.get("xgboost_stable", 0) - 0.8) < 1e-6
                                     and x.breakers.get("xgboost_stable") == "closed", 90)
-            figures["seconds_until_breaker_open"] = opened
+            figures["seconds_until_breaker_open"] = round(opened, 2) if opened is not None else None
             figures["seconds_from_restart_to_full_share"] = round(time.monotonic() - restart, 1) if back else None
             say(f"full 80 % share back {figures['seconds_from_restart_to_full_share']}s after the restart")
 
@@ -246,6 +246,9 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
                 raise RuntimeError("retraining failed: its task log is in the Airflow UI")
             cr = af.wait("canary_rollout", af.next_run_after("canary_rollout", started, 120)["dag_run_id"], 1_200,
                          progress=lambda m: say(f"  canary_rollout: {m}"))
+            latest = sampler.latest()
+            figures["drifted_features_psi"] = {f: round(v, 3) for f, v in sorted(
+                (latest.drift if latest else {}).items(), key=lambda kv: -kv[1]) if v >= s.drift_psi}
             new = registry.version_by_alias(s, name, s.champion_alias)
             figures["champion_after"] = new.version if new else None
             say(f"canary_rollout {cr['state']}: champion v{figures['champion_before']} -> v{figures['champion_after']}")
@@ -358,6 +361,15 @@ def write_results(out: Path, rec: Recording, figures: dict[str, Any]) -> None:
     lines = ["# healmesh demo", "", f"{figures['requests']} requests through the gateway, "
              f"**{figures['client_errors']} client errors**.", "", "| episode | from s | to s |", "|---|---:|---:|"]
     lines += [f"| {name} | {a:.0f} | {b:.0f} |" for name, a, b in rec.episodes]
+    lines += ["", "## Traffic per episode", "", "| episode | requests | errors | p50 ms | p95 ms | share by variant |",
+              "|---|---:|---:|---:|---:|---|"]
+    for name, a, b in rec.episodes:
+        part = [r for r in rec.replies if a <= r.t < b]
+        ok = [r.latency_ms for r in part if r.status == 200]
+        counts = {v: sum(r.variant == v for r in part) for v in variants}
+        split = ", ".join(f"{v} {n / max(len(part), 1):.0%}" for v, n in counts.items() if n)
+        p50, p95 = (f"{np.percentile(ok, q):.1f}" if ok else "-" for q in (50, 95))
+        lines.append(f"| {name} | {len(part)} | {len(part) - len(ok)} | {p50} | {p95} | {split} |")
     lines += ["", "## Figures", ""]
     lines += [f"- {k}: {json.dumps(v)}" for k, v in figures.items()]
     lines += ["", "## Timeline", ""] + [f"- `{t_:7.1f}s` {m}" for t_, m in rec.timeline]

@@ -85,3 +85,19 @@ def test_default_store_is_local_sqlite(tmp_path, monkeypatch):
     assert any((tmp_path / "home" / "mlflow" / "artifacts").rglob("meta.json"))
     assert registry.version_by_alias(local, local.xgb_registered_name, "champion").version == "1"
     assert isinstance(registry.download_reference(local, report.models["xgboost"].run_id), pd.DataFrame)
+
+
+def test_up_trains_when_the_registry_answers_without_a_champion(trained, tmp_path, monkeypatch):
+    """Built-in models in the BentoML store are not enough when a registry answers: the
+    lifecycle judges against the registry's champion, so `healmesh up` must train first."""
+    from healmesh import stack
+
+    s = Settings()
+    assert stack.models_available(s)  # the session's MLflow server has champions
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    MlflowClient(empty).search_registered_models()  # creates an empty store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", empty)
+    assert bento_store.builtin_reference(bento_store.XGB_BENTO_MODEL) is not None
+    assert not stack.models_available(s)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # no registry answers
+    assert stack.models_available(s)  # the scorers serve their built-in models
