@@ -232,7 +232,9 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
             figures["champion_before"] = old.version if old else None
             steady.drift = COVARIATE
             drifted = traffic.send_sync(gateway, 12_000, seed=808, drift=COVARIATE, batch=50)
-            say(f"{drifted.answered} drifted transactions with labels; old champion AUC {drifted.auc('xgboost')}")
+            auc = drifted.auc("xgboost")
+            say(f"{drifted.answered} drifted transactions with labels; old champion ROC AUC on them "
+                f"{'n/a' if auc is None else f'{auc:.3f}'}")
             started = datetime.now(UTC).isoformat()
             run_id = af.trigger("drift_monitor", {"window_records": 10_000})
             dm = af.wait("drift_monitor", run_id, 300, progress=lambda m: say(f"  drift_monitor: {m}"))
