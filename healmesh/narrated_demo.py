@@ -1,8 +1,9 @@
 """`healmesh demo`: four episodes on a running `make up`, narrated as they happen.
 
 1. steady traffic;
-2. the XGBoost scorer is killed: its breaker opens, PyTorch and the fallback answer; it is
-   started again: half-open, closed, its share ramps back;
+2. the XGBoost scorer is killed: its breaker opens and PyTorch takes its share; PyTorch is
+   then made to fail too, and the fallback scorer answers; PyTorch heals, XGBoost is started
+   again: half-open, closed, the 80/20 split ramps back;
 3. drift is injected: drift report, retraining, canary, promotion (through Airflow);
 4. a bad challenger (errors on the canary slot): rolled back at the first stage.
 
@@ -209,22 +210,36 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
             time.sleep(steady_s)
             say(f"{len(rec.replies)} answers so far; weights {sampler.latest().weights if sampler.latest() else '?'}")
 
-        with episode("2. the XGBoost scorer is killed and comes back"):
+        with episode("2. XGBoost killed, PyTorch failing: fallback, then recovery"):
             if not stack.kill("xgboost"):
                 raise RuntimeError("the XGBoost scorer was not started by `healmesh up`: nothing to kill")
             say("XGBoost scorer killed (SIGKILL to its arbiter and workers)")
             opened = sampler.wait_for(lambda x: x.breakers.get("xgboost_stable") == "open", 30)
             say(f"breaker xgboost_stable open after {opened:.1f}s; its share goes to PyTorch" if opened is not None
                 else "breaker did not open within 30 s")
-            time.sleep(8)
+            time.sleep(3)
+            # PyTorch fails too for a while: the chain's next step, the fallback scorer, answers
+            faults = f"http://127.0.0.1:{s.torch_port}/admin/faults"
+            httpx.put(faults, headers={"Authorization": f"Bearer {token}"}, json={"error_rate": 1.0}, timeout=5)
+            try:
+                say("PyTorch scorer made to fail every request (fault injection)")
+                torch_open = sampler.wait_for(lambda x: x.breakers.get("pytorch") == "open", 30)
+                say(f"breaker pytorch open after {torch_open:.1f}s; the fallback scorer answers"
+                    if torch_open is not None else "breaker pytorch did not open within 30 s")
+                time.sleep(5)
+            finally:
+                httpx.delete(faults, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+            say("PyTorch healed (faults off); it comes back through half-open")
+            figures["fallback_scorer_answers"] = sum(r.variant == "fallback" for r in rec.replies)
             restart = time.monotonic()
             stack.start_scorer("xgboost")
             say(f"XGBoost scorer ready again after {time.monotonic() - restart:.1f}s")
             back = sampler.wait_for(lambda x: abs(x.weights.get("xgboost_stable", 0) - 0.8) < 1e-6
-                                    and x.breakers.get("xgboost_stable") == "closed", 90)
+                                    and abs(x.weights.get("pytorch", 0) - 0.2) < 1e-6
+                                    and x.breakers.get("xgboost_stable") == "closed", 120)
             figures["seconds_until_breaker_open"] = round(opened, 2) if opened is not None else None
             figures["seconds_from_restart_to_full_share"] = round(time.monotonic() - restart, 1) if back else None
-            say(f"full 80 % share back {figures['seconds_from_restart_to_full_share']}s after the restart")
+            say(f"full 80/20 split back {figures['seconds_from_restart_to_full_share']}s after the XGBoost restart")
 
         with episode("3. drift: report, retrain, canary, promotion"):
             name = s.xgb_registered_name
