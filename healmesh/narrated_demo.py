@@ -230,6 +230,8 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
             finally:
                 httpx.delete(faults, headers={"Authorization": f"Bearer {token}"}, timeout=5)
             say("PyTorch healed (faults off); it comes back through half-open")
+            sampler.wait_for(lambda x: x.breakers.get("pytorch") == "closed", 60)
+            time.sleep(s.breaker_ramp_step_s * len(s.breaker_ramp))  # its ramp ends before XGBoost's starts
             figures["fallback_scorer_answers"] = sum(r.variant == "fallback" for r in rec.replies)
             restart = time.monotonic()
             stack.start_scorer("xgboost")
