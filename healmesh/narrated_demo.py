@@ -177,6 +177,7 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
     gateway = f"http://127.0.0.1:{s.gateway_port}"
     xgb = f"http://127.0.0.1:{s.xgb_port}"
     token = stack.admin_token(s)
+    auth = {"Authorization": f"Bearer {token}"}
     password = procs.airflow_password(stack.airflow_home(s))
     if password is None:
         print("Airflow is not running here: start the mesh with `make up` first")
@@ -220,7 +221,7 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
             time.sleep(3)
             # PyTorch fails too for a while: the chain's next step, the fallback scorer, answers
             faults = f"http://127.0.0.1:{s.torch_port}/admin/faults"
-            httpx.put(faults, headers={"Authorization": f"Bearer {token}"}, json={"error_rate": 1.0}, timeout=5)
+            httpx.put(faults, headers=auth, json={"error_rate": 1.0}, timeout=5)
             try:
                 say("PyTorch scorer made to fail every request (fault injection)")
                 torch_open = sampler.wait_for(lambda x: x.breakers.get("pytorch") == "open", 30)
@@ -228,7 +229,7 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
                     if torch_open is not None else "breaker pytorch did not open within 30 s")
                 time.sleep(5)
             finally:
-                httpx.delete(faults, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+                httpx.delete(faults, headers=auth, timeout=5)
             say("PyTorch healed (faults off); it comes back through half-open")
             sampler.wait_for(lambda x: x.breakers.get("pytorch") == "closed", 60)
             time.sleep(s.breaker_ramp_step_s * len(s.breaker_ramp))  # its ramp ends before XGBoost's starts
@@ -274,15 +275,15 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
 
         with episode("4. a bad challenger is rolled back"):
             bad = figures["champion_before"]
-            httpx.put(f"{xgb}/admin/faults", headers={"Authorization": f"Bearer {token}"},
+            httpx.put(f"{xgb}/admin/faults", headers=auth,
                       json={"error_rate": 1.0, "slot": "canary"})
             try:
                 run_id = af.trigger("canary_rollout", {"version": bad})
                 say(f"canary_rollout of v{bad} with errors injected on the canary slot")
                 cr = af.wait("canary_rollout", run_id, 600, progress=lambda m: say(f"  canary_rollout: {m}"))
             finally:
-                httpx.delete(f"{xgb}/admin/faults", headers={"Authorization": f"Bearer {token}"})
-            rollout = httpx.get(f"{gateway}/api/v1/admin/rollout", headers={"Authorization": f"Bearer {token}"}).json()
+                httpx.delete(f"{xgb}/admin/faults", headers=auth)
+            rollout = httpx.get(f"{gateway}/api/v1/admin/rollout", headers=auth).json()
             champion = registry.version_by_alias(s, s.xgb_registered_name, s.champion_alias)
             figures["bad_challenger"] = {"run": cr["state"], "rollout_status": rollout["status"], "note": rollout["note"],
                                          "champion": champion.version if champion else None}

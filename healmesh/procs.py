@@ -49,6 +49,17 @@ def signal_all(tree: Sequence[psutil.Process], sig: int) -> None:
             proc.send_signal(sig)
 
 
+def terminate_tree(pid: int, timeout: float) -> None:
+    """Stop a server: SIGTERM to the group ``pid`` leads (BentoML's arbiter stops its workers
+    gracefully), up to ``timeout`` seconds for the leader to exit, then SIGKILL to whatever
+    of the tree, taken before, is still there: workers in process groups of their own."""
+    tree = process_tree(pid)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    psutil.wait_procs(tree[:1], timeout=timeout)
+    signal_all(tree, signal.SIGKILL)
+
+
 def kill_tree(pid: int) -> bool:
     """SIGKILL a process and every descendant at once, as a crash of the host would. False if
     nothing ran."""
@@ -112,12 +123,7 @@ class ServerProcess:
     def stop(self, timeout: float = 15.0) -> None:
         if self.popen is None:
             return
-        tree = process_tree(self.popen.pid)  # now: once the arbiter is gone its workers are orphans
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=timeout)
-        signal_all(tree, signal.SIGKILL)  # workers that outlived their arbiter
+        terminate_tree(self.popen.pid, timeout)
         self.popen.wait(timeout=5)
 
     def log_tail(self, lines: int = 40) -> str:

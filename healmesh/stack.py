@@ -8,12 +8,9 @@ gateway on 8000 pointed at them. Process ids go to ``$HEALMESH_HOME/run``, logs 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
-import signal
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -227,13 +224,8 @@ def down() -> int:
         if not pid_file.exists():
             continue
         pid = int(pid_file.read_text() or 0)
-        tree = procs.process_tree(pid) if pid else []
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
-            for _ in range(50):
-                os.killpg(pid, 0)
-                time.sleep(0.2)
-        procs.signal_all(tree, signal.SIGKILL)  # what outlived a graceful stop, orphans included
+        if pid:
+            procs.terminate_tree(pid, timeout=10.0)
         pid_file.unlink(missing_ok=True)
         print(f"{name:<9} stopped")
     return 0
