@@ -56,8 +56,7 @@ class Mesh:
                                             work / "logs", env={**self.env, **urls}, cwd=ROOT)
 
     def __enter__(self) -> Mesh:
-        self.redis.start()
-        procs.wait_port(self.redis)
+        self.redis.launch(timeout=20)
         for s in self.scorers.values():
             s.start()
         for s in self.scorers.values():

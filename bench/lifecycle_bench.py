@@ -40,13 +40,10 @@ def main() -> None:
     from healmesh.training import TrainConfig, train
 
     work = bench.work
-    redis_srv = procs.redis_server(procs.free_port(), work / "redis", work / "logs")
-    redis_srv.start()
-    procs.wait_port(redis_srv)
+    redis_srv = procs.redis_server(procs.free_port(), work / "redis", work / "logs").launch(timeout=20)
     os.environ.update({"HEALMESH_REDIS_URL": f"redis://127.0.0.1:{redis_srv.port}/0",
-                       "HEALMESH_ADMIN_TOKEN": TOKEN, "HEALMESH_MLFLOW_TRACKING_URI": "",
-                       "HEALMESH_DRIFT_REPORTS_DIR": str(work / "drift_reports")})
-    os.environ.pop("HEALMESH_MLFLOW_TRACKING_URI")
+                       "HEALMESH_ADMIN_TOKEN": TOKEN, "HEALMESH_DRIFT_REPORTS_DIR": str(work / "drift_reports")})
+    os.environ.pop("HEALMESH_MLFLOW_TRACKING_URI", None)
     get_settings.cache_clear()
     settings = get_settings()
     train(generate(60_000, seed=0), settings, TrainConfig(mlp_epochs=3, save_to_bentoml=False))

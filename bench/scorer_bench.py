@@ -40,7 +40,9 @@ def main() -> None:
     from healmesh.settings import get_settings
 
     settings = get_settings()
-    bundle_dir = str(work / "bentoml" / "models" / "healmesh-xgboost" / report.models["xgboost"].bento_tag.split(":")[1])
+    import bentoml
+
+    bundle_dir = bentoml.models.get(report.models["xgboost"].bento_tag).path  # the model the bento scorer serves
 
     tx = one_transaction()
     bento_body = json.dumps({"rows": [tx]})

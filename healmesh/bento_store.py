@@ -42,10 +42,19 @@ def builtin_reference(name: str):  # -> bentoml.models.BentoModel | None
 
     import bentoml
 
-    try:
-        bentoml.models.get(f"{name}:latest")
-    except bentoml.exceptions.NotFound:
+    if not in_store(name):
         logging.getLogger("healmesh.scorer").warning(
             "no %s in the BentoML model store: this scorer can only serve the registry's champion", name)
         return None
     return bentoml.models.BentoModel(f"{name}:latest")
+
+
+def in_store(name: str) -> bool:
+    """Whether the local BentoML model store holds a version of ``name``."""
+    import bentoml
+
+    try:
+        bentoml.models.get(f"{name}:latest")
+    except bentoml.exceptions.NotFound:
+        return False
+    return True

@@ -59,7 +59,3 @@ def encode_records(records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         for name, index in _CAT_INDEX.items():
             out[r, _CAT_OFFSETS[name] + index[rec[name]]] = 1.0
     return out
-
-
-def records_to_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame.from_records(list(records), columns=list(schema.FEATURE_NAMES))

@@ -100,13 +100,19 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.popen is not None and self.popen.poll() is not None:
                 raise ServerFailed(f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.url + self.ready_path, timeout=2.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
+            if self._answers():
+                return self
+            time.sleep(0.2)
         raise ServerFailed(f"{self.name} not ready on port {self.port} after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def _answers(self) -> bool:
+        """GET ``ready_path`` answers 200; without one (Redis), the port accepts connections."""
+        if not self.ready_path:
+            return port_open(self.port)
+        try:
+            return httpx.get(self.url + self.ready_path, timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def launch(self, timeout: float = 120.0) -> ServerProcess:
         """Start and wait until ready; a server that never gets ready is stopped again."""
@@ -116,9 +122,6 @@ class ServerProcess:
         except Exception:
             self.stop()
             raise
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.popen is None:
@@ -203,18 +206,6 @@ def redis_server(port: int, state_dir: Path, log_dir: Path, persist: bool = Fals
            "--dir", str(state_dir), "--daemonize", "no", "--protected-mode", "yes"]
     return ServerProcess(name=f"redis-{port}", cmd=cmd, port=port, log_path=log_dir / f"redis-{port}.log",
                          ready_path="")
-
-
-def wait_port(server: ServerProcess, timeout: float = 20.0) -> ServerProcess:
-    """Ready when the port accepts connections (for servers without an HTTP health check)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.popen is not None and server.popen.poll() is not None:
-            raise ServerFailed(f"{server.name} exited with {server.popen.returncode}:\n{server.log_tail()}")
-        if port_open(server.port):
-            return server
-        time.sleep(0.1)
-    raise ServerFailed(f"{server.name} not listening on {server.port} after {timeout:.0f}s:\n{server.log_tail()}")
 
 
 def airflow_standalone(port: int, airflow_home: Path, dags_folder: Path, log_dir: Path,

@@ -47,14 +47,7 @@ def models_available(settings: Settings) -> bool:
     if registry.is_reachable(settings):
         names = (settings.xgb_registered_name, settings.mlp_registered_name)
         return all(registry.version_by_alias(settings, n, settings.champion_alias) for n in names)
-    import bentoml
-
-    try:
-        for name in (bento_store.XGB_BENTO_MODEL, bento_store.MLP_BENTO_MODEL):
-            bentoml.models.get(f"{name}:latest")
-    except bentoml.exceptions.NotFound:
-        return False
-    return True
+    return all(bento_store.in_store(name) for name in (bento_store.XGB_BENTO_MODEL, bento_store.MLP_BENTO_MODEL))
 
 
 def _pid_file(settings: Settings, name: str) -> Path:
@@ -67,11 +60,21 @@ def _remember(settings: Settings, server: procs.ServerProcess) -> None:
     path.write_text(str(server.popen.pid if server.popen else ""))
 
 
-def _ready(port: int) -> bool:
+def _ready(port: int, path: str = "/readyz", timeout: float = 2.0) -> bool:
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+        return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=timeout).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _airflow_ready(port: int) -> bool:
+    return _ready(port, "/api/v2/monitor/health", timeout=5.0)
+
+
+def tracking_uri(settings: Settings) -> str:
+    """The MLflow tracking URI the stack uses: the configured one, else its own server."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or settings.mlflow_tracking_uri or \
+        f"http://127.0.0.1:{settings.mlflow_port}"
 
 
 def ensure_redis(settings: Settings) -> str | None:
@@ -84,8 +87,7 @@ def ensure_redis(settings: Settings) -> str | None:
         return f"Redis at {settings.redis_url} does not answer (the gateway buffers its log until it does)"
     server = procs.redis_server(port, settings.home / "redis", settings.home / "logs")
     server.name = "redis"
-    server.start()
-    procs.wait_port(server)
+    server.launch(timeout=20)
     _remember(settings, server)
     print(f"{'redis':<9} started on {port}")
     return None
@@ -98,7 +100,7 @@ def ensure_mlflow(settings: Settings) -> str:
     if configured:
         return configured
     port = settings.mlflow_port
-    uri = f"http://127.0.0.1:{port}"
+    uri = tracking_uri(settings)  # the stack's own server
     if not procs.port_open(port):
         server = procs.mlflow_server(port, settings.home / "mlflow", settings.home / "logs",
                                      backend_uri=settings.mlflow_backend_uri, artifacts=settings.artifact_root)
@@ -126,8 +128,7 @@ def kill(name: str) -> bool:
 def start_scorer(name: str) -> int:
     """Start one scorer again, as `up` does (after `kill`, say)."""
     settings = get_settings()
-    tracking = os.environ.get("MLFLOW_TRACKING_URI") or settings.mlflow_tracking_uri or \
-        f"http://127.0.0.1:{settings.mlflow_port}"
+    tracking = tracking_uri(settings)
     port = scorer_ports(settings)[name]
     return _start_group(settings, [(name, procs.SCORERS[name], port, scorer_env(settings, tracking))])
 
@@ -194,13 +195,6 @@ def _await_ready(server: procs.ServerProcess, timeout: float) -> bool:
     return True
 
 
-def _airflow_ready(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def _start_group(settings: Settings, group: list[tuple[str, str, int, dict[str, str]]]) -> int:
     started: list[procs.ServerProcess] = []
     for name, target, port, server_env in group:
@@ -247,8 +241,7 @@ def status() -> int:
         except (httpx.HTTPError, ValueError):
             served = "(admin API not reachable with this token)"
         print(f"{name:<9} :{port}  ready  {served}")
-    tracking = os.environ.get("MLFLOW_TRACKING_URI") or settings.mlflow_tracking_uri or \
-        f"http://127.0.0.1:{settings.mlflow_port}"
+    tracking = tracking_uri(settings)
     print(f"{'mlflow':<9} {tracking}")
     if _airflow_ready(settings.airflow_port):
         password = procs.airflow_password(airflow_home(settings)) or "(see simple_auth_manager_passwords.json.generated)"

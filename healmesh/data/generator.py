@@ -65,10 +65,6 @@ class DriftSpec:
         if not 0.0 <= self.concept_drift <= 1.0:
             raise ValueError(f"concept_drift must be in [0, 1], but was {self.concept_drift}")
 
-    @property
-    def is_none(self) -> bool:
-        return not self.covariate_shift and self.concept_drift == 0.0
-
 
 NO_DRIFT = DriftSpec()
 

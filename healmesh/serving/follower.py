@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from healmesh import registry
 from healmesh.models.bundle import find_bundle, load_bundle
-from healmesh.serving.slots import LoadedModel, ModelSlots, SlotName
+from healmesh.serving.slots import SLOTS, LoadedModel, ModelSlots, SlotName
 from healmesh.settings import Settings
 
 log = logging.getLogger("healmesh.follower")
@@ -86,8 +86,8 @@ class AliasFollower:
         log.info("%s: %s slot now serves version %s", self.registered_name, slot, version)
 
     def _reuse(self, version: str) -> LoadedModel | None:
-        for slot in ("stable", "canary"):
-            m = self.slots.get(slot)  # type: ignore[arg-type]
+        for slot in SLOTS:
+            m = self.slots.get(slot)
             if m is not None and m.source == "mlflow" and m.version == version:
                 return m
         return None

@@ -126,6 +126,10 @@ class ScorerBase:
     def __metrics__(self, content: str) -> str:
         return content + render(self.metric_families())
 
+    @bentoml.on_startup  # BentoML finds startup hooks through dir(): inherited ones count
+    def _freeze(self) -> None:
+        freeze_heap()
+
 
 class ModelScorer(ScorerBase):
     """A scorer of registry models with a stable and a canary slot."""
@@ -202,10 +206,6 @@ class ModelScorer(ScorerBase):
                    ((who, float(status.failures)),)),
         ]
 
-    @bentoml.on_startup
-    def _freeze(self) -> None:
-        freeze_heap()
-
     @bentoml.on_shutdown
     def _stop_follower(self) -> None:
         self.follower.stop()
@@ -213,10 +213,6 @@ class ModelScorer(ScorerBase):
 
 class RulesScorer(ScorerBase):
     """The fallback: the interpretable rule score, no ML framework."""
-
-    @bentoml.on_startup
-    def _freeze(self) -> None:
-        freeze_heap()
 
     def score(self, rows: Sequence[BaseModel], slot: SlotName) -> list[Score]:
         probs = rules.score_records([r.model_dump() for r in rows])

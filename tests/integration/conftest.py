@@ -80,8 +80,7 @@ GATEWAY_FAST = {  # breakers and ramps that move in seconds, so tests need not w
 def start_redis(session_dir: Path, persist: bool = False, port: int | None = None) -> procs.ServerProcess:
     port = port or procs.free_port()
     server = procs.redis_server(port, session_dir / f"redis-{port}", session_dir / "logs", persist=persist)
-    server.start()
-    return procs.wait_port(server)
+    return server.launch(timeout=20)
 
 
 def scorer_urls(scorers: dict[str, procs.ServerProcess]) -> dict[str, str]:

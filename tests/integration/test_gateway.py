@@ -240,7 +240,7 @@ def test_redis_outage_loses_no_accepted_request(scorers, session_dir):
             events["stopped"] = time.monotonic()
             time.sleep(3.0)
             store.start()
-            procs_wait(store)
+            store.wait_ready(timeout=20)
             events["started"] = time.monotonic()
 
         chaos = threading.Thread(target=outage)
@@ -263,12 +263,6 @@ def test_redis_outage_loses_no_accepted_request(scorers, session_dir):
     finally:
         gw.stop()
         store.stop()
-
-
-def procs_wait(server) -> None:
-    from healmesh import procs
-
-    procs.wait_port(server)
 
 
 def test_shadow_is_never_waited_for_and_logs_beside_the_primary(gateway, scorers, redis_srv):
