@@ -19,7 +19,9 @@ import pendulum
 from airflow.sdk import Asset, Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
-CHALLENGER = Asset("healmesh://challenger")
+from healmesh.lifecycle.airflow_tasks import CHALLENGER_ASSET
+
+CHALLENGER = Asset(CHALLENGER_ASSET)
 
 try:  # the stages are configuration (environment only): cheap at parse time
     from healmesh.lifecycle.airflow_tasks import canary_stages

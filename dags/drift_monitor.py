@@ -18,7 +18,9 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
 
-DRIFT = Asset("healmesh://drift")
+from healmesh.lifecycle.airflow_tasks import DRIFT_ASSET
+
+DRIFT = Asset(DRIFT_ASSET)
 
 try:  # settings only read the environment: cheap enough at parse time
     from healmesh.settings import get_settings

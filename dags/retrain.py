@@ -18,8 +18,10 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
 
-DRIFT = Asset("healmesh://drift")
-CHALLENGER = Asset("healmesh://challenger")
+from healmesh.lifecycle.airflow_tasks import CHALLENGER_ASSET, DRIFT_ASSET
+
+DRIFT = Asset(DRIFT_ASSET)
+CHALLENGER = Asset(CHALLENGER_ASSET)
 
 
 @dag(

@@ -19,7 +19,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from healmesh import procs, registry
+from healmesh import procs, registry, stack
 from healmesh.data import DriftSpec
 from healmesh.lifecycle import traffic
 from healmesh.lifecycle.airflow_api import AirflowClient
@@ -52,7 +52,7 @@ def run(kind: str = "covariate", n: int = 20_000, timeout_s: float = 1_200.0) ->
     s = get_settings()
     gateway = f"http://127.0.0.1:{s.gateway_port}"
     line = Timeline()
-    password = procs.airflow_password(s.home / "airflow")
+    password = procs.airflow_password(stack.airflow_home(s))
     if password is None:
         print("Airflow is not running here (`make up` starts it)", file=sys.stderr)
         return 1
@@ -66,15 +66,16 @@ def run(kind: str = "covariate", n: int = 20_000, timeout_s: float = 1_200.0) ->
     line.say(f"champion is {name} v{old}; {kind} drift demo starts")
 
     base = traffic.send_sync(gateway, 3_000, seed=101, batch=20)
-    line.say(f"baseline: {base.answered} answers, {base.labelled} labels, champion AUC {_auc(base, old)}")
+    auc_before = _auc(base, old)
+    line.say(f"baseline: {base.answered} answers, {base.labelled} labels, champion AUC {auc_before}")
     drifted = traffic.send_sync(gateway, n, seed=202, drift=drift, batch=50)
+    auc_drifted = _auc(drifted, old)
     line.say(f"{kind} drift: {drifted.answered} answers, {drifted.labelled} labels, "
-             f"old champion AUC under drift {_auc(drifted, old)}")
+             f"old champion AUC under drift {auc_drifted}")
 
     started = datetime.now(UTC).isoformat()
     run_id = af.trigger("drift_monitor", {"window_records": min(n, 10_000)})
     line.say(f"drift_monitor triggered ({run_id})")
-    outcome: dict[str, Any] = {}
     with traffic.Background(gateway, drift=drift, chunk=300, batch=1, concurrency=8, max_seconds=timeout_s) as bg:
         dm = af.wait("drift_monitor", run_id, timeout_s=300)
         line.say(f"drift_monitor: {dm['state']}")
@@ -92,11 +93,12 @@ def run(kind: str = "covariate", n: int = 20_000, timeout_s: float = 1_200.0) ->
     after = registry.version_by_alias(s, name, s.champion_alias)
     new = after.version if after else None
     healed = traffic.send_sync(gateway, 5_000, seed=303, drift=drift, batch=20)
-    line.say(f"champion is now v{new}; AUC on the drifted traffic {_auc(healed, new)}; "
+    auc_healed = _auc(healed, new)
+    line.say(f"champion is now v{new}; AUC on the drifted traffic {auc_healed}; "
              f"client errors during the rollout: {sum(bg.result.errors.values())}")
     outcome = {"kind": kind, "old_champion": old, "new_champion": new, "promoted": new != old,
-               "auc_before_drift": _auc(base, old), "auc_old_model_under_drift": _auc(drifted, old),
-               "auc_after_healing": _auc(healed, new), "loop_seconds": line.steps[-1]["t"],
+               "auc_before_drift": auc_before, "auc_old_model_under_drift": auc_drifted,
+               "auc_after_healing": auc_healed, "loop_seconds": line.steps[-1]["t"],
                "rollout_traffic": {"answered": bg.result.answered, "errors": dict(bg.result.errors),
                                    "variants": dict(bg.result.variants)},
                "timeline": line.steps, "report_index": str(s.drift_reports_dir / "index.html")}

@@ -30,12 +30,12 @@ import httpx
 
 from healmesh import procs, registry, schema, stack
 from healmesh.data import NO_DRIFT, DriftSpec, generate
+from healmesh.demo import DRIFTS
 from healmesh.lifecycle import traffic
 from healmesh.lifecycle.airflow_api import AirflowClient
 from healmesh.settings import get_settings
 
-COVARIATE = DriftSpec(covariate_shift={"amount": 1.2, "distance_from_home_km": 1.0, "channel": 0.4,
-                                       "merchant_category": 0.3})
+COVARIATE = DRIFTS["covariate"]  # the same shift as `healmesh demo drift`
 
 
 @dataclass

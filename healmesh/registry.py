@@ -148,17 +148,19 @@ def tag_version(settings: Settings, name: str, version: str, tags: dict[str, str
         c.set_model_version_tag(name, version, k, v)
 
 
-def reference_for_version(settings: Settings, name: str, version: str):  # -> pandas.DataFrame
-    """The reference sample logged with a version's run, cached under HEALMESH_HOME."""
+def reference_for_version(settings: Settings, name: str, version: str,
+                          run_id: str | None = None):  # -> pandas.DataFrame
+    """The reference sample logged with a version's run (``run_id`` when the caller knows it),
+    cached under HEALMESH_HOME."""
     import pandas as pd
 
     path = settings.cache_dir / "reference" / name / f"{version}.parquet"
     if path.exists():
         return pd.read_parquet(path)
-    info = version_info(settings, name, version)
-    if info.run_id is None:
+    run_id = run_id or version_info(settings, name, version).run_id
+    if run_id is None:
         raise RuntimeError(f"{name} v{version} has no run: no reference sample")
-    frame = download_reference(settings, info.run_id)
+    frame = download_reference(settings, run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path, index=False)
     return frame

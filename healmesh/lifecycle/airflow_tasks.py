@@ -9,6 +9,10 @@ from typing import Any
 
 from healmesh.settings import get_settings
 
+# The assets that chain the DAGs: drift_monitor -> retrain -> canary_rollout.
+DRIFT_ASSET = "healmesh://drift"
+CHALLENGER_ASSET = "healmesh://challenger"
+
 
 def _redis() -> Any:
     import redis

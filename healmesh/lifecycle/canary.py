@@ -122,12 +122,10 @@ def upstream_stats(before: Samples, after: Samples, upstream: str) -> UpstreamSt
 
 
 def quality(labels: np.ndarray, probabilities: np.ndarray, cfg: CanaryConfig) -> Quality:
-    n, positives = len(labels), int(np.sum(labels))
-    if n < cfg.min_quality_labels or positives < cfg.min_quality_positives or positives == n:
-        return Quality(n, positives, None)
-    from sklearn.metrics import roc_auc_score
+    from healmesh.evaluation import live_auc
 
-    return Quality(n, positives, float(roc_auc_score(labels, probabilities)))
+    auc = live_auc(labels, probabilities, cfg.min_quality_labels, cfg.min_quality_positives)
+    return Quality(len(labels), int(np.sum(labels)), auc)
 
 
 def _slower(canary: float | None, stable: float | None, cfg: CanaryConfig) -> bool:

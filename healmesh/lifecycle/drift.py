@@ -113,10 +113,8 @@ def psi_numeric(ref: np.ndarray, cur: np.ndarray, bins: int = 10) -> float:
     return _psi(ref_counts, cur_counts)
 
 
-def psi_categorical(ref: pd.Series, cur: pd.Series, categories: tuple[str, ...]) -> float:
-    ref_counts = ref.value_counts().reindex(categories, fill_value=0).to_numpy()
-    cur_counts = cur.value_counts().reindex(categories, fill_value=0).to_numpy()
-    return _psi(ref_counts, cur_counts)
+def category_counts(values: pd.Series, categories: tuple[str, ...]) -> np.ndarray:
+    return values.value_counts().reindex(categories, fill_value=0).to_numpy()
 
 
 def _psi(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
@@ -138,11 +136,10 @@ def feature_drift(reference: pd.DataFrame, current: pd.DataFrame, t: DriftThresh
     for f in schema.FEATURES:
         ref, cur = reference[f.name], current[f.name]
         if isinstance(f, schema.CategoricalFeature):
-            rc = ref.value_counts().reindex(f.categories, fill_value=0).to_numpy()
-            cc = cur.value_counts().reindex(f.categories, fill_value=0).to_numpy()
+            rc, cc = category_counts(ref, f.categories), category_counts(cur, f.categories)
             keep = (rc + cc) > 0
             chi2_p = float(stats.chi2_contingency(np.array([rc[keep], cc[keep]]))[1]) if keep.sum() > 1 else 1.0
-            psi = psi_categorical(ref, cur, f.categories)
+            psi = _psi(rc, cc)
             js = jensen_shannon(rc, cc)
             drifted = psi >= t.psi or js >= t.js
             out[f.name] = FeatureDrift(f.name, "categorical", psi, chi2_p_value=chi2_p, js=js, drifted=drifted)
@@ -158,14 +155,11 @@ def feature_drift(reference: pd.DataFrame, current: pd.DataFrame, t: DriftThresh
 
 def quality_check(labels: np.ndarray, probabilities: np.ndarray, reference_auc: float | None,
                   t: DriftThresholds) -> QualityCheck:
-    from sklearn.metrics import roc_auc_score
+    from healmesh.evaluation import live_auc
 
-    n, positives = len(labels), int(np.sum(labels))
-    if n < t.min_quality_labels or positives < t.min_quality_positives or positives == n:
-        return QualityCheck(n, positives, None, reference_auc, False)
-    auc = float(roc_auc_score(labels, probabilities))
-    dropped = reference_auc is not None and auc < reference_auc - t.auc_drop
-    return QualityCheck(n, positives, auc, reference_auc, dropped)
+    auc = live_auc(labels, probabilities, t.min_quality_labels, t.min_quality_positives)
+    dropped = auc is not None and reference_auc is not None and auc < reference_auc - t.auc_drop
+    return QualityCheck(len(labels), int(np.sum(labels)), auc, reference_auc, dropped)
 
 
 def decide(reference: pd.DataFrame, current: pd.DataFrame, t: DriftThresholds,

@@ -32,7 +32,7 @@ def run_drift_check(settings: Settings, redis: Any, *, window_records: int | Non
     champion = registry.version_by_alias(settings, name, settings.champion_alias)
     if champion is None:
         raise RuntimeError(f"no {settings.champion_alias} for {name}: train and register a model first")
-    reference = registry.reference_for_version(settings, name, champion.version)
+    reference = registry.reference_for_version(settings, name, champion.version, champion.run_id)
     info = registry.version_info(settings, name, champion.version)
 
     records = window_records or settings.drift_window_records

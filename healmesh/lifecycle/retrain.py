@@ -87,7 +87,7 @@ def run_retrain(settings: Settings, redis: Any, *, trigger: str, drift_check_id:
         raise RuntimeError(f"no {settings.champion_alias} for {name}: nothing to compare a candidate with")
     window = read_window(redis, settings.key_prefix, last_n=window_records or settings.retrain_window_records)
     recent = labelled(attach_labels(redis, settings.key_prefix, window.frame))
-    reference = registry.reference_for_version(settings, name, champion.version)
+    reference = registry.reference_for_version(settings, name, champion.version, champion.run_id)
     data = build_training_set(recent, reference, settings, seed)
 
     model, meta = fit_xgboost(data.train, data.val, seed)
@@ -104,10 +104,9 @@ def run_retrain(settings: Settings, redis: Any, *, trigger: str, drift_check_id:
             "healmesh.window_first_ts": f"{window.first_ts or 0:.3f}", "healmesh.window_last_ts": f"{window.last_ts or 0:.3f}",
             "healmesh.champion_version": champion.version, "healmesh.gate": "passed" if verdict.passed else "rejected",
             "healmesh.gate_reason": verdict.reason}
-    drift_artifacts = {}
-    if drift_check_id:
-        for suffix in (".html", ".json"):
-            drift_artifacts[f"drift_report{suffix.replace('.', '_')}"] = settings.drift_reports_dir / f"{drift_check_id}{suffix}"
+    reports_dir = settings.drift_reports_dir
+    drift_artifacts = {"drift_report_html": reports_dir / f"{drift_check_id}.html",
+                       "drift_report_json": reports_dir / f"{drift_check_id}.json"} if drift_check_id else {}
     with tempfile.TemporaryDirectory(prefix="healmesh-retrain-") as tmp:
         bundle_dir = save_bundle(model, meta, Path(tmp) / "xgboost")
         logged = log_model_run(
