@@ -136,7 +136,7 @@ class PredictFastPath:
                 return too_large
             chunks.append(chunk)
             more = message.get("more_body", False)
-        return await answer_predict(_core(), b"".join(chunks), self.settings.max_batch_rows)
+        return await answer_predict(current_core(), b"".join(chunks), self.settings.max_batch_rows)
 
 
 # --- response and admin models (they also make the OpenAPI document) ---------------------------
@@ -180,7 +180,7 @@ class RolloutChange(BaseModel):
     who: str | None = Field(default=None, max_length=100)
 
 
-def _core() -> GatewayCore:
+def current_core() -> GatewayCore:
     import bentoml
 
     return bentoml.get_current_service().core  # type: ignore[no-any-return]
@@ -231,7 +231,7 @@ def build_app() -> FastAPI:
             raw = await read_limited(request, settings.max_body_bytes)
         except ApiError as exc:
             return JSONResponse({"error": exc.error}, status_code=exc.status)
-        status, payload, headers = await answer_predict(_core(), raw, settings.max_batch_rows)
+        status, payload, headers = await answer_predict(current_core(), raw, settings.max_batch_rows)
         return Response(payload, status_code=status, headers=headers, media_type="application/json")
 
     @app.post("/feedback", responses={404: {"description": "unknown request id"},
@@ -240,7 +240,7 @@ def build_app() -> FastAPI:
     async def feedback(fb: Feedback) -> dict[str, Any]:
         """Attach the true label to an answered request (idempotent for the same label)."""
         try:
-            result = await _core().feature_log.feedback(fb.request_id, fb.label)
+            result = await current_core().feature_log.feedback(fb.request_id, fb.label)
         except Exception as exc:  # Redis away: refuse rather than pretend
             raise HTTPException(503, f"feature store unavailable: {type(exc).__name__}",
                                 headers={"Retry-After": "1"}) from None
@@ -253,7 +253,7 @@ def build_app() -> FastAPI:
     @app.post("/feedback/batch", responses={503: {"description": "the feature store is unavailable"}})
     async def feedback_batch(items: Annotated[list[Feedback], Body(max_length=1_000)]) -> dict[str, Any]:
         """Up to 1,000 labels at once; per item the same rules as POST /feedback."""
-        core = _core()
+        core = current_core()
         counts = {"stored": 0, "unchanged": 0}
         unknown, conflicts = [], []
         try:
@@ -276,17 +276,17 @@ def build_app() -> FastAPI:
 
     @admin.get("/state")
     async def state() -> dict[str, Any]:
-        return _core().describe()
+        return current_core().describe()
 
     @admin.get("/weights")
     async def get_weights() -> dict[str, Any]:
-        core = _core()
+        core = current_core()
         return {"weights": core.state.weights.as_dict(), "effective": core.effective_weights()}
 
     @admin.put("/weights", responses={409: {"description": "canary weight without a canary version"},
                                       422: {"description": "invalid weights"}})
     async def set_weights(change: WeightsChange, x_healmesh_actor: str | None = Header(default=None)) -> dict[str, Any]:
-        core = _core()
+        core = current_core()
         try:
             weights = Weights.parse(change.weights)
         except WeightsError as exc:
@@ -297,21 +297,21 @@ def build_app() -> FastAPI:
 
     @admin.get("/shadow")
     async def get_shadow() -> dict[str, Any]:
-        return _core().state.describe()["shadow"]
+        return current_core().state.describe()["shadow"]
 
     @admin.put("/shadow")
     async def set_shadow(change: ShadowChange, x_healmesh_actor: str | None = Header(default=None)) -> dict[str, Any]:
-        core = _core()
+        core = current_core()
         value = Shadow(enabled=change.enabled, target=change.target)
         return await _change(core, "shadow", value, _who(change.who, x_healmesh_actor), change.why)
 
     @admin.get("/rollout")
     async def get_rollout() -> dict[str, Any]:
-        return _core().state.describe()["rollout"]
+        return current_core().state.describe()["rollout"]
 
     @admin.put("/rollout", responses={422: {"description": "invalid rollout"}})
     async def set_rollout(change: RolloutChange, x_healmesh_actor: str | None = Header(default=None)) -> dict[str, Any]:
-        core = _core()
+        core = current_core()
         try:
             value = Rollout(stage=change.stage, canary_version=change.canary_version, status=change.status,
                             note=change.note)
@@ -322,7 +322,7 @@ def build_app() -> FastAPI:
     @admin.get("/audit")
     async def audit(limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
         try:
-            return await _core().control.audit(limit)
+            return await current_core().control.audit(limit)
         except Exception as exc:
             raise HTTPException(503, f"control store unavailable: {type(exc).__name__}") from None
 

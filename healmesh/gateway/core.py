@@ -26,7 +26,7 @@ from healmesh.gateway.control import ControlState, ControlStore
 from healmesh.gateway.feature_log import FeatureLog, LogRecord
 from healmesh.gateway.upstreams import CallResult, Outcome, ScorerClient, Upstream, probe_ready
 from healmesh.policies import routing
-from healmesh.policies.breaker import BreakerConfig, CircuitBreaker, State, Transition
+from healmesh.policies.breaker import BreakerConfig, CircuitBreaker, Transition
 from healmesh.policies.retry_budget import RetryBudget, RetryBudgetConfig
 from healmesh.serving.scorer import freeze_heap
 from healmesh.settings import Settings
@@ -78,14 +78,14 @@ class GatewayCore:
                         for proc, addr in addresses.items()}
         self.addresses = dict(addresses)
         self.upstreams: dict[str, Upstream] = {
-            name: Upstream(name, proc, self.clients[proc], route, max_in_flight=settings.upstream_max_in_flight,
+            name: Upstream(name, self.clients[proc], route, max_in_flight=settings.upstream_max_in_flight,
                            max_rows=settings.upstream_max_rows)
             for proc, routes in PROCESS_ROUTES.items() for name, route in routes}
         config = breaker_config(settings)
         self.breakers = {name: CircuitBreaker(name, config) for name in self.upstreams}
         for b in self.breakers.values():
             b.listeners.append(self._on_transition)
-        self.transitions: deque[dict[str, Any]] = deque(maxlen=200)
+        self.transitions: deque[dict[str, Any]] = deque(maxlen=50)  # what the admin state shows
         self.budget = RetryBudget(RetryBudgetConfig(settings.retry_budget_ratio, settings.retry_budget_window_s,
                                                     settings.retry_budget_min))
         self.in_flight = 0
@@ -135,6 +135,7 @@ class GatewayCore:
         m.redis_up.set(1.0 if (redis_ok and self.feature_log.stats.redis_up) else 0.0)
         m.publish_weights(self.state.weights.as_dict(), self.effective_weights())
         m.control_version.set(self.state.version)
+        m.in_flight.set(self.in_flight)
         for name, b in self.breakers.items():
             m.breaker_state.labels(name).set(b.state.level)
         m.log_buffered.set(self.feature_log.buffered)
@@ -334,7 +335,7 @@ class GatewayCore:
             "control": self.state.describe(),
             "effective_weights": self.effective_weights(),
             "breakers": {name: {"state": b.state.value, "capacity": b.capacity()} for name, b in self.breakers.items()},
-            "transitions": list(self.transitions)[-50:],
+            "transitions": list(self.transitions),
             "feature_log": {"written": stats.written, "dropped": stats.dropped, "buffered": self.feature_log.buffered,
                             "flush_errors": stats.flush_errors, "redis_up": stats.redis_up,
                             "last_error": stats.last_error},
@@ -343,6 +344,3 @@ class GatewayCore:
             "upstreams": self.addresses,
             "in_flight": self.in_flight,
         }
-
-    def breaker_state(self, name: str) -> State:
-        return self.breakers[name].state

@@ -18,15 +18,10 @@ from typing import Any
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
 
+from healmesh.gateway.api import current_core
 from healmesh.settings import get_settings
 
 REPORT_NAME = re.compile(r"^[0-9TZ]{16}_v[\w.-]+\.html$|^index\.html$")
-
-
-def _core() -> Any:
-    import bentoml
-
-    return bentoml.get_current_service().core
 
 
 def _when(ts: float | None) -> str:
@@ -151,7 +146,7 @@ def status_app() -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
-        core = _core()
+        core = current_core()
         return HTMLResponse(render(core.describe(), await _scorer_slots(core), await _audit(core),
                                    await _events(core)))
 

@@ -104,10 +104,9 @@ class Upstream:
     wait). Measured: without it the gateway spent most of its CPU on one HTTP call per
     prediction and reached 53 % of the scorer's direct throughput."""
 
-    def __init__(self, name: str, process: str, client: ScorerClient, route: str,
+    def __init__(self, name: str, client: ScorerClient, route: str,
                  max_in_flight: int = 4, max_rows: int = 64) -> None:
         self.name = name
-        self.process = process
         self.client = client
         self.route = route
         self.url = client.base + route

@@ -118,7 +118,6 @@ class CircuitBreaker:
         self._probe_successes = 0
         self._closed_at: float | None = None  # start of the ramp after a recovery
         self.listeners: list[Listener] = []
-        self.history: deque[Transition] = deque(maxlen=50)
 
     # --- reading -------------------------------------------------------------------------
     @property
@@ -224,6 +223,5 @@ class CircuitBreaker:
         self._window.clear()
         self._closed_at = now if to is State.CLOSED else None
         event = Transition(self.upstream, src, to, reason, now)
-        self.history.append(event)
         for listener in self.listeners:
             listener(event)

@@ -78,7 +78,7 @@ def test_upstream_coalesces_concurrent_calls_and_splits_answers():
         return CallResult(Outcome.OK, rows=[{"echo": r["i"]} for r in rows])
 
     async def scenario() -> None:
-        up = Upstream("x", "proc", ScorerClient("http://127.0.0.1:9"), "/predict", max_in_flight=2, max_rows=8)
+        up = Upstream("x", ScorerClient("http://127.0.0.1:9"), "/predict", max_in_flight=2, max_rows=8)
         up.predict = fake_predict  # type: ignore[method-assign]
         results = await asyncio.gather(*(up.call([json.dumps({"i": i}).encode()], 1.0) for i in range(20)))
         assert [r.rows[0]["echo"] for r in results] == list(range(20))  # each caller gets its own row
