@@ -212,6 +212,18 @@ class GatewayCore:
         self._maybe_shadow(rows, out, answer.variant)
         return out, answer
 
+    def _retry_allowed(self, deadline: float) -> bool:
+        """One retry per request, when the deadline leaves room and the budget has a token
+        (spent only for a retry that really goes out)."""
+        if deadline - time.perf_counter() - self.s.fallback_reserve_ms / 1000.0 < MIN_ATTEMPT_S:
+            self.metrics.retries.labels("denied_deadline").inc()
+            return False
+        if not self.budget.try_spend():
+            self.metrics.retries.labels("denied_budget").inc()
+            return False
+        self.metrics.retries.labels("allowed").inc()
+        return True
+
     async def _answer(self, rows: list[dict[str, Any]], key: str | None, deadline: float) -> Answer:
         encoded = [json.dumps(r).encode() for r in rows]
         weights = self.effective_weights()
@@ -223,18 +235,13 @@ class GatewayCore:
         self.budget.record_request()
         while candidate is not None and calls < 2:
             breaker = self.breakers[candidate]
-            if calls == 1:
-                if deadline - time.perf_counter() - self.s.fallback_reserve_ms / 1000.0 < MIN_ATTEMPT_S:
-                    self.metrics.retries.labels("denied_deadline").inc()
-                    break
-                if not self.budget.try_spend():
-                    self.metrics.retries.labels("denied_budget").inc()
-                    break
-                self.metrics.retries.labels("allowed").inc()
             if not breaker.acquire():  # half-open and its probe slots are taken
                 tried.append(candidate)
                 candidate = next(iter(routing.failover_candidates(weights, tried)), None)
                 continue
+            if calls == 1 and not self._retry_allowed(deadline):
+                breaker.release()
+                break
             timeout = min(self.s.attempt_timeout_ms / 1000.0,
                           deadline - time.perf_counter() - self.s.fallback_reserve_ms / 1000.0)
             if timeout < MIN_ATTEMPT_S:
