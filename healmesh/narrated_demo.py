@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from healmesh import procs, registry, schema, stack
+from healmesh import credentials, procs, registry, schema, stack
 from healmesh.data import NO_DRIFT, DriftSpec, generate
 from healmesh.demo import DRIFTS
 from healmesh.lifecycle import traffic
@@ -176,7 +176,7 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
     s = get_settings()
     gateway = f"http://127.0.0.1:{s.gateway_port}"
     xgb = f"http://127.0.0.1:{s.xgb_port}"
-    token = stack.admin_token(s)
+    token = credentials.admin_token(s)
     auth = {"Authorization": f"Bearer {token}"}
     password = procs.airflow_password(stack.airflow_home(s))
     if password is None:

@@ -57,8 +57,12 @@ class Settings(BaseSettings):
     # thread wake-ups cost more than they save, and spinning OpenMP threads steal the CPU
     # from the event loop that does the HTTP work.
     model_threads: int = Field(default=1, ge=1)
-    # Admin hooks (fault injection, reload) are refused unless a token is set.
+    # Admin hooks (fault injection, reload) are refused unless a token is set. `make up` generates
+    # one into $HEALMESH_HOME/secrets/admin_token (see healmesh.credentials).
     admin_token: str | None = Field(default=None, min_length=8)
+    # Who may post labels (POST /feedback): a token of its own, so a labelling service holds no
+    # admin rights. The admin token may label too.
+    labeller_token: str | None = Field(default=None, min_length=8)
     # Torch device: "auto" picks CUDA when there is one.
     torch_device: str = "auto"
 
@@ -71,6 +75,10 @@ class Settings(BaseSettings):
     torch_url: str | None = None
     fallback_url: str | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The Redis password (AUTH), or a file holding it; `make up` generates one for the Redis it
+    # starts. A password inside redis_url works too. Never logged.
+    redis_password: str | None = None
+    redis_password_file: Path | None = None
     key_prefix: str = "healmesh"
     # Whole-request deadline; a model attempt may use it minus what the fallback needs.
     deadline_ms: float = Field(default=800.0, gt=0)

@@ -9,7 +9,6 @@ gateway on 8000 pointed at them. Process ids go to ``$HEALMESH_HOME/run``, logs 
 from __future__ import annotations
 
 import os
-import secrets
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
@@ -17,6 +16,7 @@ from urllib.parse import urlparse
 import httpx
 
 from healmesh import procs
+from healmesh.credentials import admin_token, labeller_token, secret_path
 from healmesh.settings import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,18 +25,6 @@ GATEWAY = "gateway.service:Gateway"
 
 def scorer_ports(settings: Settings) -> dict[str, int]:
     return {"xgboost": settings.xgb_port, "pytorch": settings.torch_port, "fallback": settings.fallback_port}
-
-
-def admin_token(settings: Settings) -> str:
-    """The configured token, or one generated once and kept in ``$HEALMESH_HOME/admin_token``."""
-    if settings.admin_token:
-        return settings.admin_token
-    path = settings.home / "admin_token"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
-    return path.read_text().strip()
 
 
 def models_available(settings: Settings) -> bool:
@@ -112,7 +100,8 @@ def ensure_mlflow(settings: Settings) -> str:
 
 
 def scorer_env(settings: Settings, tracking: str) -> dict[str, str]:
-    return {"HEALMESH_ADMIN_TOKEN": admin_token(settings), "HEALMESH_HOME": str(settings.home),
+    return {"HEALMESH_ADMIN_TOKEN": admin_token(settings), "HEALMESH_LABELLER_TOKEN": labeller_token(settings),
+            "HEALMESH_HOME": str(settings.home),
             "MLFLOW_TRACKING_URI": tracking}
 
 
@@ -165,7 +154,8 @@ def up(train_rows: int = 60_000, airflow: bool = True) -> int:
                                          "HEALMESH_DRIFT_REPORTS_DIR": str(settings.drift_reports_dir)})
         if code:
             return code
-    print(f"admin token: {settings.home / 'admin_token'} (or HEALMESH_ADMIN_TOKEN)")
+    print(f"admin token: {secret_path(settings, 'admin_token')} (or HEALMESH_ADMIN_TOKEN); "
+          f"labeller token: {secret_path(settings, 'labeller_token')} (or HEALMESH_LABELLER_TOKEN)")
     return status()
 
 

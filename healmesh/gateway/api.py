@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
 from healmesh import schema
-from healmesh.gateway.control import Rollout, Shadow
+from healmesh.gateway.control import Rollout, RolloutStatus, Shadow
 from healmesh.gateway.core import GatewayCore, Saturated
 from healmesh.policies import routing
 from healmesh.policies.routing import Weights, WeightsError
@@ -174,7 +174,7 @@ class ShadowChange(BaseModel):
 class RolloutChange(BaseModel):
     stage: int = Field(ge=0, le=100, description="percent of the XGBoost share served by the canary")
     canary_version: str | None = Field(default=None, max_length=64)
-    status: Literal["idle", "running", "promoted", "rolled_back"] = "running"
+    status: RolloutStatus = RolloutStatus.RUNNING
     note: str = Field(default="", max_length=500)
     why: str = Field(min_length=1, max_length=500)
     who: str | None = Field(default=None, max_length=100)

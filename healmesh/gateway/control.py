@@ -17,6 +17,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 from healmesh.policies import routing
@@ -35,18 +36,58 @@ class Shadow:
             raise ValueError(f"shadow target must be one of {', '.join(routing.VARIANTS)}, but was {self.target!r}")
 
 
+class RolloutStatus(StrEnum):
+    """The phase of the canary rollout. ``running`` is the only phase with canary traffic;
+    the others are resting phases at stage 0 (``failed``: a promotion that could not finish,
+    the mesh put back on the champion)."""
+
+    IDLE = "idle"
+    RUNNING = "running"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+
+
+class RolloutRejected(ValueError):
+    """A rollout change that is invalid in itself (422)."""
+
+
+class RolloutConflict(RuntimeError):
+    """A rollout change that does not fit the current state (409)."""
+
+
 @dataclass(frozen=True)
 class Rollout:
     stage: int = 0  # percent of the XGBoost share the canary takes
     canary_version: str | None = None
-    status: str = "idle"  # idle | running | promoted | rolled_back
+    status: RolloutStatus = RolloutStatus.IDLE
     note: str = ""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "status", RolloutStatus(self.status))
         if not 0 <= self.stage <= 100:
-            raise ValueError(f"stage must be in [0, 100], but was {self.stage}")
+            raise RolloutRejected(f"stage must be in [0, 100], but was {self.stage}")
         if self.stage > 0 and not self.canary_version:
-            raise ValueError("a rollout stage above 0 needs a canary_version")
+            raise RolloutRejected("a rollout stage above 0 needs a canary_version")
+
+
+def check_rollout_change(current: Rollout, new: Rollout, stages: tuple[int, ...]) -> None:
+    """The legal rollout changes, as one table of rules (raises; returns None when legal).
+
+    - ``running`` takes one of the configured ``stages`` and a canary version; a running
+      rollout keeps its version until it ends (one rollout at a time: end it first);
+    - every other phase rests at stage 0 and any phase may move to them (a rollback or a
+      failed promotion must always be possible, and repeating one is harmless).
+    """
+    if new.status is RolloutStatus.RUNNING:
+        if new.stage not in stages:
+            raise RolloutRejected(f"stage must be one of the configured stages {list(stages)}, but was {new.stage}")
+        if current.status is RolloutStatus.RUNNING and current.canary_version != new.canary_version:
+            raise RolloutConflict(f"a rollout of v{current.canary_version} is running; end it (rolled_back or "
+                                  f"failed) before starting v{new.canary_version}")
+        return
+    if new.stage != 0:
+        raise RolloutRejected(f"status {new.status.value!r} rests at stage 0, but stage was {new.stage}")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ across gateway workers (``livemax``: an open breaker in any worker shows as open
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Mapping
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -20,6 +22,13 @@ LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25,
 class GatewayMetrics:
     def __init__(self) -> None:
         p = "healmesh_gateway"
+        # Who answers a scrape: counters restart from 0 with a new instance, which a reader of
+        # deltas (the canary analysis) must tell from a drop in traffic.
+        self.instance_id = uuid.uuid4().hex[:16]
+        self.instance_started = Gauge(f"{p}_instance_start_time_seconds",
+                                      "Start time of each live gateway worker, by instance id.", ["instance_id"],
+                                      multiprocess_mode="livemax")
+        self.instance_started.labels(self.instance_id).set(time.time())
         self.requests = Counter(f"{p}_requests", "Answered predictions by variant, model version and outcome.",
                                 ["variant", "model_version", "outcome"])
         self.latency = Histogram(f"{p}_request_latency_seconds",

@@ -24,8 +24,6 @@ def scorer_address(dependency: Any, env_name: str) -> str:
 
 
 def redis_client(settings: Settings) -> Any:
-    import redis.asyncio as aioredis
+    from healmesh import redis_conn
 
-    # short timeouts: a dead Redis must be noticed in about a second, not block requests
-    return aioredis.Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0,
-                                   health_check_interval=5, decode_responses=False)
+    return redis_conn.async_client(settings)

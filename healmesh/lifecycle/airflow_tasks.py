@@ -15,14 +15,14 @@ CHALLENGER_ASSET = "healmesh://challenger"
 
 
 def _redis() -> Any:
-    import redis
+    from healmesh import redis_conn
 
-    return redis.Redis.from_url(get_settings().redis_url, socket_timeout=10, socket_connect_timeout=5)
+    return redis_conn.sync_client(get_settings())
 
 
 def _mesh() -> Any:
+    from healmesh.credentials import admin_token
     from healmesh.lifecycle.mesh import MeshClient
-    from healmesh.stack import admin_token
 
     settings = get_settings()
     return MeshClient(settings, admin_token(settings))

@@ -1,0 +1,79 @@
+"""Secrets: the admin token, the labeller token and the Redis password.
+
+Each is taken from its setting (``HEALMESH_ADMIN_TOKEN``, ``HEALMESH_LABELLER_TOKEN``,
+``HEALMESH_REDIS_PASSWORD``) or else from a file under ``$HEALMESH_HOME/secrets/``, generated
+once. A secret file is created 0600 from the start (``O_CREAT | O_EXCL`` with the mode), never
+written and then chmodded: there is no moment at which another user could open it. Nothing
+here logs a secret's value; callers print paths, not contents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from healmesh.settings import Settings
+
+ADMIN_TOKEN = "admin_token"
+LABELLER_TOKEN = "labeller_token"
+REDIS_PASSWORD = "redis_password"
+
+
+def secrets_dir(settings: Settings) -> Path:
+    return settings.home / "secrets"
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) with mode 0700 for the last part."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def write_secret(path: Path, value: str) -> None:
+    """Create ``path`` holding ``value``, readable by its owner only. Fails if it exists."""
+    private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+
+
+def read_or_create(path: Path, nbytes: int = 24) -> str:
+    """The secret stored at ``path``, generated (URL-safe, ``nbytes`` random bytes) if absent."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    with contextlib.suppress(FileExistsError):  # another process created it first: use theirs
+        write_secret(path, secrets.token_urlsafe(nbytes))
+    return path.read_text().strip()
+
+
+def secret_path(settings: Settings, name: str) -> Path:
+    return secrets_dir(settings) / name
+
+
+def admin_token(settings: Settings) -> str:
+    """The admin token: the setting, or ``$HEALMESH_HOME/secrets/admin_token`` (made once)."""
+    return settings.admin_token or read_or_create(secret_path(settings, ADMIN_TOKEN))
+
+
+def labeller_token(settings: Settings) -> str:
+    """The labeller token (``POST /feedback``): the setting, or a generated file."""
+    return settings.labeller_token or read_or_create(secret_path(settings, LABELLER_TOKEN))
+
+
+def bearer(header: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header ('' when absent)."""
+    value = (header or "").strip()
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def matches(given: str, expected: str | None) -> bool:
+    """Constant-time comparison; an unset expected secret matches nothing."""
+    if not expected or not given:
+        return False
+    return hmac.compare_digest(given.encode(), expected.encode())
