@@ -10,6 +10,7 @@ import bentoml
 from bentos.fallback_scorer import FallbackScorer
 from bentos.torch_scorer import TorchScorer
 from bentos.xgboost_scorer import XGBoostScorer
+from healmesh.access import AccessGuard, gateway_policy, settings_tokens
 from healmesh.gateway.api import PredictFastPath, build_app
 from healmesh.gateway.status_page import status_app
 from healmesh.gateway.wiring import redis_client, scorer_address
@@ -57,4 +58,7 @@ class Gateway:
         return True
 
 
+# the guard first: it is the outer of the two, so no route (the fast path neither) reads a body
+# before the credential and the size are checked
+Gateway.add_asgi_middleware(AccessGuard, policy=gateway_policy(S.max_body_bytes), tokens=settings_tokens)
 Gateway.add_asgi_middleware(PredictFastPath)

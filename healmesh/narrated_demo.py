@@ -104,9 +104,8 @@ class Steady:
         for start in range(0, len(rows), self.concurrency):
             await asyncio.gather(*(one(i) for i in range(start, min(start + self.concurrency, len(rows)))))
         if labels:
-            await asyncio.sleep(0.1)  # the gateway writes its log off the hot path
             with contextlib.suppress(httpx.HTTPError):
-                await client.post(f"{self.url}/api/v1/feedback/batch", json=labels)
+                await traffic.post_labels(client, self.url, labels)
 
     def start(self) -> Steady:
         self._thread.start()

@@ -135,6 +135,23 @@ class VersionInfo:
     tags: dict[str, str]
 
 
+def version_exists(settings: Settings, name: str, version: str) -> bool | None:
+    """Whether ``name`` has ``version``; None when the registry cannot be asked."""
+    from mlflow.exceptions import MlflowException
+
+    if not is_reachable(settings):
+        return None
+    try:
+        client(settings).get_model_version(name, version)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return False
+        return None
+    except Exception:  # noqa: BLE001 - an unreachable or broken registry is "cannot tell"
+        return None
+    return True
+
+
 def version_info(settings: Settings, name: str, version: str) -> VersionInfo:
     c = client(settings)
     mv = c.get_model_version(name, version)

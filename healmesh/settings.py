@@ -116,8 +116,10 @@ class Settings(BaseSettings):
     feature_buffer_max: int = Field(default=100_000, ge=1)
     feature_flush_batch: int = Field(default=256, ge=1)
     feature_flush_interval_ms: float = Field(default=20.0, gt=0)
-    # How long a request can receive feedback (its record key lives this long).
-    feedback_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    # How long after its answer a request can still be labelled: its features stay in the stream
+    # and its label slot in Redis this long (set it to your label delay; Redis memory grows with
+    # rate x retention, see bench/results/feature_log.md). A later label is answered 410.
+    label_retention_s: int = Field(default=3_600, ge=60)
     control_poll_s: float = Field(default=0.5, gt=0)
     gateway_access_log: bool = False
     # Idle keep-alive of every server we start (`bentoml serve --timeout-keep-alive`). uvicorn's

@@ -20,6 +20,7 @@ _SESSION_DIR = Path(tempfile.mkdtemp(prefix="healmesh-tests-"))
 os.environ["HEALMESH_HOME"] = str(_SESSION_DIR / "home")
 os.environ["BENTOML_HOME"] = str(_SESSION_DIR / "bentoml")
 os.environ["HEALMESH_ADMIN_TOKEN"] = "test-admin-token-0123"
+os.environ["HEALMESH_LABELLER_TOKEN"] = "test-labeller-token-0123"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("HEALMESH_MLFLOW_TRACKING_URI", None)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

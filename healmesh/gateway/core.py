@@ -15,16 +15,22 @@ import json
 import logging
 import random
 import time
-import uuid
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from healmesh import rules, schema
+from healmesh import logkeys, rules, schema
 from healmesh.gateway.control import ControlState, ControlStore
 from healmesh.gateway.feature_log import FeatureLog, LogRecord
-from healmesh.gateway.upstreams import CallResult, Outcome, ScorerClient, Upstream, probe_ready
+from healmesh.gateway.upstreams import (
+    CallResult,
+    Outcome,
+    ScorerClient,
+    Upstream,
+    admin_slots,
+    probe_ready,
+)
 from healmesh.policies import routing
 from healmesh.policies.breaker import BreakerConfig, CircuitBreaker, Transition
 from healmesh.policies.retry_budget import RetryBudget, RetryBudgetConfig
@@ -40,6 +46,7 @@ PROCESS_ROUTES: dict[str, tuple[tuple[str, str], ...]] = {
     "fallback": ((routing.FALLBACK, "/predict"),),
 }
 MIN_ATTEMPT_S = 0.005
+LOG_STATES = ("written", "dropped", "spilled", "replayed")  # feature-log record fates exported as counters
 
 
 class Saturated(Exception):
@@ -71,18 +78,20 @@ class GatewayCore:
         self.control = ControlStore(redis, settings.key_prefix)
         self.state = ControlState()
         self.feature_log = FeatureLog(
-            redis, settings.key_prefix, maxlen=settings.feature_stream_maxlen, ttl_s=settings.feedback_ttl_s,
+            redis, settings.key_prefix, retention_s=settings.label_retention_s, maxlen=settings.feature_stream_maxlen,
             buffer_max=settings.feature_buffer_max, batch_size=settings.feature_flush_batch,
-            flush_interval_s=settings.feature_flush_interval_ms / 1000.0)
+            flush_interval_s=settings.feature_flush_interval_ms / 1000.0,
+            spool_dir=settings.home / "spool" / settings.key_prefix)
         self.clients = {proc: ScorerClient(addr, keep_alive_s=settings.server_keep_alive_s / 2)
                         for proc, addr in addresses.items()}
         self.addresses = dict(addresses)
+        config = breaker_config(settings)
+        self.breakers = {name: CircuitBreaker(name, config) for routes in PROCESS_ROUTES.values()
+                         for name, _ in routes}
         self.upstreams: dict[str, Upstream] = {
             name: Upstream(name, self.clients[proc], route, max_in_flight=settings.upstream_max_in_flight,
-                           max_rows=settings.upstream_max_rows)
+                           max_rows=settings.upstream_max_rows, on_call=self._verdict_for(name))
             for proc, routes in PROCESS_ROUTES.items() for name, route in routes}
-        config = breaker_config(settings)
-        self.breakers = {name: CircuitBreaker(name, config) for name in self.upstreams}
         for b in self.breakers.values():
             b.listeners.append(self._on_transition)
         self.transitions: deque[dict[str, Any]] = deque(maxlen=50)  # what the admin state shows
@@ -94,7 +103,7 @@ class GatewayCore:
         self._agreement: deque[bool] = deque(maxlen=1_000)
         self._tasks: list[asyncio.Task[None]] = []
         self._rollout_labels: tuple[str, str] | None = None
-        self._counted = {"written": 0, "dropped": 0, "flush_errors": 0}  # feature-log stats already exported
+        self._counted: dict[str, int] = {}  # feature-log stats already exported
         self._rng = random.Random()
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -140,13 +149,14 @@ class GatewayCore:
             m.breaker_state.labels(name).set(b.state.level)
         m.log_buffered.set(self.feature_log.buffered)
         stats = self.feature_log.stats
-        for label, now, before in (("written", stats.written, self._counted["written"]),
-                                   ("dropped", stats.dropped, self._counted["dropped"])):
+        for label in LOG_STATES:
+            now, before = getattr(stats, label), self._counted.get(label, 0)
             if now > before:
                 m.log_records.labels(label).inc(now - before)
-        if stats.flush_errors > self._counted["flush_errors"]:
-            m.log_flush_errors.inc(stats.flush_errors - self._counted["flush_errors"])
-        self._counted = {"written": stats.written, "dropped": stats.dropped, "flush_errors": stats.flush_errors}
+            self._counted[label] = now
+        if stats.flush_errors > self._counted.get("flush_errors", 0):
+            m.log_flush_errors.inc(stats.flush_errors - self._counted.get("flush_errors", 0))
+        self._counted["flush_errors"] = stats.flush_errors
         drift = self.state.drift
         for feature, stats in drift.scores.items():
             for stat, value in stats.items():
@@ -181,6 +191,10 @@ class GatewayCore:
                 for name, _route in PROCESS_ROUTES[proc]:
                     self.breakers[name].record_probe(ok)
 
+    async def scorer_slots(self, proc: str) -> dict[str, Any] | None:
+        """What a model scorer's slots serve now (its admin API); None when it does not answer."""
+        return await admin_slots(self.clients[proc], self.s.admin_token or "")
+
     def effective_weights(self) -> dict[str, float]:
         capacity = {v: self.breakers[v].capacity() for v in routing.VARIANTS}
         return routing.effective(self.state.weights, capacity)
@@ -198,7 +212,8 @@ class GatewayCore:
             self.in_flight -= 1
         elapsed = time.perf_counter() - t0
         latency_ms = round(elapsed * 1000.0, 3)
-        request_ids = [uuid.uuid4().hex for _ in rows]
+        now_s = time.time()
+        request_ids = [logkeys.new_request_id(now_s) for _ in rows]
         out = [{"request_id": rid, "probability": sc["probability"], "label": sc["label"], "model": sc["model"],
                 "model_version": sc["model_version"], "variant": answer.variant, "fallback": answer.fallback,
                 "degraded": answer.degraded, "latency_ms": latency_ms}
@@ -206,7 +221,7 @@ class GatewayCore:
         outcome = "degraded" if answer.degraded else "fallback" if answer.fallback else "ok"
         self.metrics.requests.labels(answer.variant, out[0]["model_version"], outcome).inc(len(rows))
         self.metrics.latency.labels(answer.variant, out[0]["model_version"]).observe(elapsed)
-        now = f"{time.time():.3f}"
+        now = f"{now_s:.3f}"
         for row, o in zip(rows, out, strict=True):
             self._log_primary(row, o, now)
         self._maybe_shadow(rows, out, answer.variant)
@@ -234,22 +249,23 @@ class GatewayCore:
         calls = 0
         self.budget.record_request()
         while candidate is not None and calls < 2:
-            breaker = self.breakers[candidate]
-            if not breaker.acquire():  # half-open and its probe slots are taken
+            permit = self.breakers[candidate].acquire()
+            if permit is None:  # open, or half-open with its probe slots taken
                 tried.append(candidate)
                 candidate = next(iter(routing.failover_candidates(weights, tried)), None)
                 continue
-            if calls == 1 and not self._retry_allowed(deadline):
-                breaker.release()
-                break
-            timeout = min(self.s.attempt_timeout_ms / 1000.0,
-                          deadline - time.perf_counter() - self.s.fallback_reserve_ms / 1000.0)
-            if timeout < MIN_ATTEMPT_S:
-                breaker.release()
-                break
-            result = await self.upstreams[candidate].call(encoded, timeout)
+            try:
+                if calls == 1 and not self._retry_allowed(deadline):
+                    break
+                timeout = min(self.s.attempt_timeout_ms / 1000.0,
+                              deadline - time.perf_counter() - self.s.fallback_reserve_ms / 1000.0)
+                if timeout < MIN_ATTEMPT_S:
+                    break
+                result = await self.upstreams[candidate].call(encoded, timeout)
+            finally:
+                permit.release()
             calls += 1
-            self._record(candidate, result)
+            self._count(candidate, result)
             attempts.append((candidate, result.outcome.value))
             if result.outcome is Outcome.OK:
                 return Answer(self._scores(result), candidate, attempts=attempts)
@@ -257,23 +273,33 @@ class GatewayCore:
             candidate = next(iter(routing.failover_candidates(weights, tried)), None)
 
         remaining = deadline - time.perf_counter()
-        fb = self.breakers[routing.FALLBACK]
-        if remaining >= MIN_ATTEMPT_S and fb.acquire():
-            result = await self.upstreams[routing.FALLBACK].call(encoded, remaining)
-            self._record(routing.FALLBACK, result)
+        permit = self.breakers[routing.FALLBACK].acquire() if remaining >= MIN_ATTEMPT_S else None
+        if permit is not None:
+            try:
+                result = await self.upstreams[routing.FALLBACK].call(encoded, remaining)
+            finally:
+                permit.release()
+            self._count(routing.FALLBACK, result)
             attempts.append((routing.FALLBACK, result.outcome.value))
             if result.outcome is Outcome.OK:
                 return Answer(self._scores(result), routing.FALLBACK, fallback=True, attempts=attempts)
         return Answer(self._rules(rows), routing.RULES, fallback=True, degraded=True, attempts=attempts)
 
-    def _record(self, upstream: str, result: CallResult) -> None:
+    def _verdict_for(self, upstream: str) -> Callable[[CallResult], None]:
+        """The breaker's verdict on one HTTP call (however many requests it carried)."""
         breaker = self.breakers[upstream]
-        if result.outcome is Outcome.OK:
-            breaker.record_success()
-        elif result.outcome is Outcome.OVERLOADED:
-            breaker.release()  # busy, not broken: shed the load, do not trip
-        else:
-            breaker.record_failure(result.outcome.value)
+
+        def verdict(result: CallResult) -> None:
+            if result.outcome is Outcome.OK:
+                breaker.record_success()
+            elif result.outcome.is_failure:
+                breaker.record_failure(result.outcome.value)
+            # overload (503/429): busy, not broken: shed the load, do not trip
+
+        return verdict
+
+    def _count(self, upstream: str, result: CallResult) -> None:
+        """Per request: what the caller saw from this upstream (the canary analysis reads it)."""
         self.metrics.upstream_calls.labels(upstream, result.outcome.value).inc()
         self.metrics.upstream_latency.labels(upstream).observe(result.seconds)
 
@@ -296,8 +322,7 @@ class GatewayCore:
         self.feature_log.append(LogRecord(
             request_id=out["request_id"], kind="primary", ts=now,
             data={**answer, "fallback": out["fallback"], "degraded": out["degraded"], "latency_ms": out["latency_ms"],
-                  "card_id": row.get(schema.ENTITY_KEY), "features": {n: row[n] for n in schema.FEATURE_NAMES}},
-            summary={"ts": now, **answer}))
+                  "card_id": row.get(schema.ENTITY_KEY), "features": {n: row[n] for n in schema.FEATURE_NAMES}}))
 
     def _maybe_shadow(self, rows: list[dict[str, Any]], out: list[dict[str, Any]], primary: str) -> None:
         shadow = self.state.shadow
@@ -331,8 +356,7 @@ class GatewayCore:
             self.feature_log.append(LogRecord(
                 request_id=primary["request_id"], kind="shadow", ts=now,
                 data={**answer, "primary_label": primary["label"], "agree": agree,
-                      "latency_ms": round(result.seconds * 1000.0, 3)},
-                summary={"ts": now, **answer}))
+                      "latency_ms": round(result.seconds * 1000.0, 3)}))
         self.metrics.shadow_agreement.set(sum(self._agreement) / len(self._agreement))
 
     # --- views ---------------------------------------------------------------------------
@@ -343,7 +367,8 @@ class GatewayCore:
             "effective_weights": self.effective_weights(),
             "breakers": {name: {"state": b.state.value, "capacity": b.capacity()} for name, b in self.breakers.items()},
             "transitions": list(self.transitions),
-            "feature_log": {"written": stats.written, "dropped": stats.dropped, "buffered": self.feature_log.buffered,
+            "feature_log": {"written": stats.written, "dropped": stats.dropped, "spilled": stats.spilled,
+                            "replayed": stats.replayed, "buffered": self.feature_log.buffered,
                             "flush_errors": stats.flush_errors, "redis_up": stats.redis_up,
                             "last_error": stats.last_error},
             "shadow": {"in_flight": self.shadow_in_flight, "dropped": self.shadow_dropped,

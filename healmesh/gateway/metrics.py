@@ -36,7 +36,9 @@ class GatewayMetrics:
                                  ["variant", "model_version"], buckets=LATENCY_BUCKETS)
         self.rejected = Counter(f"{p}_rejected_requests", "Requests refused before any work, by status.",
                                 ["status"])
-        self.upstream_calls = Counter(f"{p}_upstream_calls", "Calls to scorers by upstream and result.",
+        self.upstream_calls = Counter(f"{p}_upstream_calls",
+                                      "Requests sent to each upstream, by result (a coalesced call counts each "
+                                      "request it carried).",
                                       ["upstream", "result"])
         self.upstream_latency = Histogram(f"{p}_upstream_latency_seconds", "Scorer call latency by upstream.",
                                           ["upstream"], buckets=LATENCY_BUCKETS)
@@ -55,8 +57,11 @@ class GatewayMetrics:
         self.shadow_agreement = Gauge(f"{p}_shadow_agreement_ratio",
                                       "Share of the last 1,000 shadow answers whose label matched the primary.",
                                       multiprocess_mode="livemax")
-        self.log_records = Counter(f"{p}_feature_log_records", "Feature-log records by fate (written, dropped).",
-                                   ["state"])
+        self.log_records = Counter(f"{p}_feature_log_records",
+                                   "Feature-log records by fate: written to Redis, spilled to the local spool "
+                                   "(Redis away), replayed from it, dropped (lost).", ["state"])
+        self.labels = Counter(f"{p}_labels", "Labels received, by result (stored, unchanged, unknown, conflict, "
+                              "expired: after the retention, corrected: by an admin).", ["result"])
         self.log_buffered = Gauge(f"{p}_feature_log_buffered", "Feature-log records waiting in memory.",
                                   multiprocess_mode="livesum")
         self.log_flush_errors = Counter(f"{p}_feature_log_flush_errors", "Failed feature-log writes (Redis away).")
@@ -84,8 +89,10 @@ class GatewayMetrics:
             self.shadow_calls.labels(result)
         for agree in ("true", "false"):
             self.shadow_compared.labels(agree)
-        for state in ("written", "dropped"):
+        for state in ("written", "dropped", "spilled", "replayed"):
             self.log_records.labels(state)
+        for result in ("stored", "unchanged", "unknown", "conflict", "expired", "corrected"):
+            self.labels.labels(result)
         for decision in ("allowed", "denied_deadline", "denied_budget"):
             self.retries.labels(decision)
 

@@ -33,20 +33,8 @@ def _e(value: Any) -> str:
 
 
 async def _scorer_slots(core: Any) -> dict[str, Any]:
-    """What each model scorer serves, from its admin state (None when it does not answer)."""
-    import aiohttp
-
-    token = get_settings().admin_token or ""
-    out: dict[str, Any] = {}
-    for proc in ("xgboost", "pytorch"):
-        client = core.clients[proc]
-        try:
-            async with client.session.get(client.base + "/admin/state", headers={"Authorization": f"Bearer {token}"},
-                                          timeout=aiohttp.ClientTimeout(total=2)) as r:
-                out[proc] = (await r.json()).get("slots") if r.status == 200 else None
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            out[proc] = None
-    return out
+    """What each model scorer serves (None when it does not answer)."""
+    return {proc: await core.scorer_slots(proc) for proc in ("xgboost", "pytorch")}
 
 
 async def _events(core: Any, count: int = 10) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ import enum
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -102,16 +103,22 @@ class Upstream:
     whatever arrives meanwhile leaves together as one request of up to ``max_rows`` rows (no
     timer: a batch forms only while earlier calls are in flight, so a quiet gateway adds no
     wait). Measured: without it the gateway spent most of its CPU on one HTTP call per
-    prediction and reached 53 % of the scorer's direct throughput."""
+    prediction and reached 53 % of the scorer's direct throughput.
 
-    def __init__(self, name: str, client: ScorerClient, route: str,
-                 max_in_flight: int = 4, max_rows: int = 64) -> None:
+    A coalesced call lasts until its *latest* member's deadline; a member whose own deadline
+    comes first stops waiting alone (its request fails over) and the call goes on for the
+    others. ``on_call`` hears each HTTP call's result once, however many requests it carried:
+    that is what the breaker is charged with."""
+
+    def __init__(self, name: str, client: ScorerClient, route: str, max_in_flight: int = 4, max_rows: int = 64,
+                 on_call: Callable[[CallResult], None] | None = None) -> None:
         self.name = name
         self.client = client
         self.route = route
         self.url = client.base + route
         self.max_in_flight = max_in_flight
         self.max_rows = max_rows
+        self.on_call = on_call
         self._waiting: deque[_Waiting] = deque()
         self._in_flight = 0
 
@@ -119,7 +126,11 @@ class Upstream:
         future: asyncio.Future[CallResult] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(rows, time.perf_counter() + timeout_s, future))
         self._dispatch()
-        return await future
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout=max(0.0, timeout_s))
+        except TimeoutError:  # this request's deadline; the shared call goes on for the others
+            return CallResult(Outcome.TIMEOUT, detail="deadline passed while the call was in flight",
+                              seconds=timeout_s)
 
     def _dispatch(self) -> None:
         while self._in_flight < self.max_in_flight and self._waiting:
@@ -139,9 +150,11 @@ class Upstream:
 
     async def _send(self, batch: list[_Waiting], n: int) -> None:
         try:
-            timeout = max(0.001, min(w.deadline for w in batch) - time.perf_counter())
+            timeout = max(0.001, max(w.deadline for w in batch) - time.perf_counter())
             body = b'{"rows":[' + b",".join(r for w in batch for r in w.rows) + b"]}"
             result = await self.predict(body, n, timeout)
+            if self.on_call is not None:
+                self.on_call(result)
             start = 0
             for w in batch:
                 part = result
@@ -193,3 +206,16 @@ async def probe_ready(client: ScorerClient, timeout_s: float = 1.0) -> bool:
             return r.status == 200
     except (TimeoutError, aiohttp.ClientError):
         return False
+
+
+async def admin_slots(client: ScorerClient, token: str, timeout_s: float = 2.0) -> dict[str, Any] | None:
+    """What a model scorer's slots serve, from its admin state; None when it does not answer."""
+    try:
+        async with client.session.get(client.base + "/admin/state", headers={"Authorization": f"Bearer {token}"},
+                                      timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
+            if r.status != 200:
+                return None
+            slots = (await r.json()).get("slots")
+            return slots if isinstance(slots, dict) else None
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None

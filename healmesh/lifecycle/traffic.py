@@ -96,13 +96,42 @@ async def send(gateway_url: str, n: int, *, seed: int, drift: DriftSpec = NO_DRI
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         if feedback and labels:
-            await asyncio.sleep(0.3)  # the gateway writes its log off the hot path
-            for i in range(0, len(labels), 1_000):
-                r = await client.post(f"{base}/api/v1/feedback/batch", json=labels[i:i + 1_000])
-                if r.status_code == 200:
-                    result.labelled += r.json()["stored"] + r.json()["unchanged"]
+            result.labelled += await post_labels(client, base, labels)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def labeller_headers() -> dict[str, str]:
+    """The labeller's credential, as `make up` keeps it (HEALMESH_LABELLER_TOKEN or its file)."""
+    from healmesh.credentials import labeller_token
+    from healmesh.settings import get_settings
+
+    return {"Authorization": f"Bearer {labeller_token(get_settings())}"}
+
+
+async def post_labels(client: httpx.AsyncClient, base: str, labels: list[dict[str, Any]],
+                      wait_s: float = 10.0) -> int:
+    """Send labels in batches of 1,000; returns how many are stored. A label is accepted once the
+    gateway has logged its request (off the hot path, within a flush interval): ids not logged
+    yet are sent again until ``wait_s`` has passed."""
+    headers = labeller_headers()
+    stored = 0
+    pending = labels
+    give_up = time.monotonic() + wait_s
+    while pending:
+        unknown: set[str] = set()
+        for i in range(0, len(pending), 1_000):
+            r = await client.post(f"{base}/api/v1/feedback/batch", json=pending[i:i + 1_000], headers=headers)
+            r.raise_for_status()
+            body = r.json()
+            stored += body["stored"] + body["unchanged"]
+            unknown.update(body["unknown"])
+        pending = [x for x in pending if x["request_id"] in unknown]
+        if pending:
+            if time.monotonic() >= give_up:
+                break
+            await asyncio.sleep(0.1)
+    return stored
 
 
 def send_sync(gateway_url: str, n: int, **kw: Any) -> TrafficResult:

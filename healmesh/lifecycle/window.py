@@ -1,7 +1,8 @@
 """The recent window of live traffic, read back from the gateway's feature log (Redis).
 
 Each primary record of the stream gives the request's features and the answer (variant,
-model version, probability); labels come from the request hash, where ``/feedback`` put them.
+model version, probability); labels come from the minute hash of its request id, where
+``/feedback`` put them (key layout: ``healmesh.logkeys``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from healmesh import schema
+from healmesh import logkeys, schema
 
 ANSWER_COLUMNS = ["request_id", "ts", "variant", "model", "model_version", "probability", "predicted"]
 
@@ -39,7 +40,7 @@ def _s(v: Any) -> str:
 def read_window(redis: Any, prefix: str, *, last_n: int | None = 10_000, since_s: float | None = None,
                 chunk: int = 5_000) -> Window:
     """The newest primary records: at most ``last_n`` and (if given) not older than ``since_s``."""
-    stream = f"{prefix}:features"
+    stream = logkeys.stream(prefix)
     cutoff = time.time() - since_s if since_s else None
     rows: list[dict[str, Any]] = []
     ids: list[str] = []
@@ -79,17 +80,32 @@ def read_window(redis: Any, prefix: str, *, last_n: int | None = 10_000, since_s
                   last_ts=float(frame["ts"].max()) if len(frame) else None)
 
 
-def attach_labels(redis: Any, prefix: str, frame: pd.DataFrame) -> pd.DataFrame:
-    """Add ``is_fraud`` from the feedback labels (NaN where none arrived)."""
+def attach_labels(redis: Any, prefix: str, frame: pd.DataFrame, chunk: int = 2_000) -> pd.DataFrame:
+    """Add ``is_fraud`` from the feedback labels (NaN where none arrived), one HMGET per minute
+    hash and chunk, all in one pipeline."""
     out = frame.copy()
     if out.empty:
         out[schema.LABEL] = pd.Series(dtype=float)
         return out
+    by_key: dict[str, list[int]] = {}
+    ids = list(out["request_id"])
+    for i, rid in enumerate(ids):
+        key = logkeys.bucket_key(prefix, rid)
+        if key is not None:
+            by_key.setdefault(key, []).append(i)
     pipe = redis.pipeline(transaction=False)
-    for rid in out["request_id"]:
-        pipe.hget(f"{prefix}:req:{rid}", "label")
-    labels = pipe.execute()
-    out[schema.LABEL] = [float(_s(x)) if x is not None else np.nan for x in labels]
+    calls: list[list[int]] = []
+    for key, rows in by_key.items():
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            pipe.hmget(key, [logkeys.label_field(ids[i]) for i in part])
+            calls.append(part)
+    labels = np.full(len(ids), np.nan)
+    for part, values in zip(calls, pipe.execute(), strict=True):
+        for i, v in zip(part, values, strict=True):
+            if v is not None:
+                labels[i] = float(_s(v))
+    out[schema.LABEL] = labels
     return out
 
 

@@ -4,10 +4,17 @@
   failure rate over the last ``window_s`` seconds reaches ``failure_rate`` with at least
   ``min_calls`` calls in the window. Timeouts are failures.
 - OPEN: calls are refused until ``open_wait_s`` has passed, then HALF_OPEN.
-- HALF_OPEN: at most ``half_open_probes`` calls at a time go through; ``probes_to_close``
-  successes close the breaker, any failure opens it again.
+- HALF_OPEN: at most ``half_open_probes`` requests at a time go through (each holds a
+  ``Permit``); ``probes_to_close`` successful calls close the breaker, any failure opens it again.
 - After closing, the upstream's share of traffic comes back in steps (``ramp``): ``capacity()``
   returns the share of its weight it may take now.
+
+Slots and verdicts are separate: a request takes a ``Permit`` (``acquire``) and releases it when
+it is done, whatever happened; an upstream *call* gives one verdict (``record_success`` /
+``record_failure``). The gateway coalesces requests, so one call can carry many requests: it
+is charged once (measured: charging each request it carried opened the breaker on 2 failed
+calls at 5 % errors). A permit belongs to one HALF_OPEN episode, so a late release cannot free
+a slot of the next one.
 
 No I/O: the clock is injected, and every transition is an event handed to the listeners.
 """
@@ -82,6 +89,21 @@ Listener = Callable[[Transition], None]
 
 
 @dataclass
+class Permit:
+    """A request's slot at one breaker. ``release`` is idempotent."""
+
+    breaker: CircuitBreaker
+    epoch: int  # the breaker's transition count when taken
+    probe: bool  # taken in HALF_OPEN: holds one of the probe slots
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.breaker._release(self)
+
+
+@dataclass
 class _Window:
     """Outcomes of the last ``window_s`` seconds: (time, failed)."""
 
@@ -117,6 +139,7 @@ class CircuitBreaker:
         self._probes_in_flight = 0
         self._probe_successes = 0
         self._closed_at: float | None = None  # start of the ramp after a recovery
+        self._epoch = 0  # transitions so far: a permit from an earlier episode frees nothing
         self.listeners: list[Listener] = []
 
     # --- reading -------------------------------------------------------------------------
@@ -150,17 +173,18 @@ class CircuitBreaker:
         return self.config.ramp[step + 1] if step >= 0 else self.config.ramp[0]
 
     # --- recording -----------------------------------------------------------------------
-    def acquire(self) -> bool:
-        """Take a call slot; False when the breaker refuses. Pair with ``record_*``."""
+    def acquire(self) -> Permit | None:
+        """A slot for one request, or None when the breaker refuses. Release it when done."""
         if not self.allows():
-            return False
-        if self._state is State.HALF_OPEN:
+            return None
+        probe = self._state is State.HALF_OPEN
+        if probe:
             self._probes_in_flight += 1
-        return True
+        return Permit(self, self._epoch, probe)
 
     def record_success(self) -> None:
+        """One upstream call succeeded."""
         if self._state is State.HALF_OPEN:
-            self._release_probe()
             self._probe_successes += 1
             if self._probe_successes >= self.config.probes_to_close:
                 self._move(State.CLOSED, f"{self._probe_successes} probes succeeded")
@@ -170,9 +194,9 @@ class CircuitBreaker:
             self._window.add(self._clock(), False)
 
     def record_failure(self, reason: str = "error") -> None:
+        """One upstream call failed (error, timeout, unreachable, bad answer)."""
         now = self._clock()
         if self._state is State.HALF_OPEN:
-            self._release_probe()
             self._move(State.OPEN, f"probe failed ({reason})")
             return
         if self._state is State.OPEN:
@@ -186,11 +210,6 @@ class CircuitBreaker:
         if calls >= self.config.min_calls and self._window.failures / calls >= self.config.failure_rate:
             self._move(State.OPEN, f"failure rate {self._window.failures}/{calls} in {self.config.window_s:g}s")
 
-    def release(self) -> None:
-        """A call that ended with neither success nor failure (overload: load, not a fault)."""
-        if self._state is State.HALF_OPEN:
-            self._release_probe()
-
     def record_probe(self, ok: bool, reason: str = "readyz") -> None:
         """An active health probe (/readyz). A failed probe counts like a failed call (it can
         open a CLOSED breaker and re-open a HALF_OPEN one). A good probe proves only that the
@@ -203,8 +222,9 @@ class CircuitBreaker:
             self.record_failure(reason)
 
     # --- internals -----------------------------------------------------------------------
-    def _release_probe(self) -> None:
-        self._probes_in_flight = max(0, self._probes_in_flight - 1)
+    def _release(self, permit: Permit) -> None:
+        if permit.probe and permit.epoch == self._epoch and self._state is State.HALF_OPEN:
+            self._probes_in_flight = max(0, self._probes_in_flight - 1)
 
     def _maybe_half_open(self) -> None:
         if self._state is State.OPEN and self._clock() - self._since >= self.config.open_wait_s:
@@ -217,6 +237,7 @@ class CircuitBreaker:
             raise RuntimeError(f"illegal breaker transition {src.value} -> {to.value}")
         now = self._clock()
         self._state, self._since = to, now
+        self._epoch += 1
         self._consecutive = 0
         self._probe_successes = 0
         self._probes_in_flight = 0

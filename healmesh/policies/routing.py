@@ -11,19 +11,26 @@ import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 XGB_STABLE = "xgboost_stable"
 XGB_CANARY = "xgboost_canary"
 PYTORCH = "pytorch"
 VARIANTS: tuple[str, ...] = (XGB_STABLE, XGB_CANARY, PYTORCH)
+Variant = Literal["xgboost_stable", "xgboost_canary", "pytorch"]
 FALLBACK = "fallback"  # the rule scorer: not weighted, the next step after the variants
 RULES = "gateway_rules"  # the gateway's own in-process rules: the last resort
 
 DEFAULT_WEIGHTS: Mapping[str, float] = {XGB_STABLE: 0.8, XGB_CANARY: 0.0, PYTORCH: 0.2}
 
 
+MAX_WEIGHT = 1e6  # weights are relative; a bound keeps their sum finite (1e308 + 1e308 is inf)
+
+
 class WeightsError(ValueError):
-    pass
+    def __init__(self, message: str, field: str = "weights") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -36,11 +43,16 @@ class Weights:
     def parse(cls, raw: Mapping[str, float]) -> Weights:
         unknown = sorted(set(raw) - set(VARIANTS))
         if unknown:
-            raise WeightsError(f"unknown variant {unknown[0]!r}; variants are {', '.join(VARIANTS)}")
-        values = {v: float(raw.get(v, 0.0)) for v in VARIANTS}
-        for v, w in values.items():
-            if not math.isfinite(w) or w < 0:
-                raise WeightsError(f"weight of {v!r} must be a finite number >= 0, but was {raw.get(v)!r}")
+            raise WeightsError(f"unknown variant {unknown[0]!r}; variants are {', '.join(VARIANTS)}",
+                               f"weights.{unknown[0]}")
+        values: dict[str, float] = {}
+        for v in VARIANTS:
+            w = raw.get(v, 0.0)
+            if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) \
+                    or not 0 <= w <= MAX_WEIGHT:
+                raise WeightsError(f"weights.{v} must be a number in [0, {MAX_WEIGHT:g}], but was {w!r}",
+                                   f"weights.{v}")
+            values[v] = float(w)
         total = sum(values.values())
         if total <= 0:
             raise WeightsError("at least one weight must be > 0")

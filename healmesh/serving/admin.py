@@ -1,19 +1,19 @@
 """The scorer admin API, mounted at ``/admin`` on every scorer.
 
 Guarded by ``HEALMESH_ADMIN_TOKEN`` (``Authorization: Bearer <token>``, compared in constant
-time). Without a configured token every admin call is refused with 503.
+time) in the access guard before any body is read, and again here. Without a configured token
+every admin call is refused with 503.
 """
 
 from __future__ import annotations
 
-import hmac
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
+from healmesh.access import Access, requires
 from healmesh.serving.faults import FaultConfig
-from healmesh.settings import get_settings
 
 
 class FaultRequest(BaseModel):
@@ -22,15 +22,7 @@ class FaultRequest(BaseModel):
     status: Literal[429, 500, 502, 503, 504] = 500
     slot: Literal["all", "stable", "canary"] = "all"
     fail_readyz: bool = False
-
-
-def require_token(authorization: str | None = Header(default=None)) -> None:
-    expected = get_settings().admin_token
-    if not expected:
-        raise HTTPException(503, "admin API disabled: set HEALMESH_ADMIN_TOKEN")
-    given = (authorization or "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(401, "missing or wrong admin token", headers={"WWW-Authenticate": "Bearer"})
+    seed: int | None = Field(None, ge=0, le=2**32, description="fixes the sequence of error decisions")
 
 
 def _service() -> Any:
@@ -41,7 +33,7 @@ def _service() -> Any:
 
 def admin_app() -> FastAPI:
     """A fresh app per scorer class (BentoML mounts an app on one service only)."""
-    app = FastAPI(title="healmesh scorer admin", dependencies=[Depends(require_token)])
+    app = FastAPI(title="healmesh scorer admin", dependencies=[Depends(requires(Access.ADMIN))])
 
     @app.get("/state")
     def state() -> dict[str, Any]:

@@ -27,6 +27,7 @@ class FaultConfig:
     status: int = 500  # 500 (a broken model) or 503/429 (an overloaded one)
     slot: Slot = "all"  # which predict route: stable, canary or both
     fail_readyz: bool = False  # /readyz answers 503 while the fault is on
+    seed: int | None = None  # fixes the sequence of error decisions (a reproducible chaos run)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.error_rate <= 1.0:
@@ -61,7 +62,10 @@ class FaultInjector:
         return self._config
 
     def set(self, config: FaultConfig) -> None:
-        self._config = config
+        with self._lock:
+            if config.seed is not None:
+                self._rng = random.Random(config.seed)
+            self._config = config
 
     def clear(self) -> None:
         self._config = FaultConfig()

@@ -21,6 +21,7 @@ from bentoml.exceptions import NotFound
 from pydantic import BaseModel, Field
 
 from healmesh import rules
+from healmesh.access import AccessGuard, scorer_policy, settings_tokens
 from healmesh.schema import Transaction
 from healmesh.serving import faults
 from healmesh.serving.exposition import Family, render
@@ -88,7 +89,10 @@ def freeze_heap() -> None:
 
 
 def with_fault_hook(service: Any) -> Any:
-    """Install the fault-injection middleware on a decorated scorer service."""
+    """Install the access guard (outermost: credentials and body sizes before anything reads a
+    body) and the fault-injection middleware on a decorated scorer service."""
+    service.add_asgi_middleware(AccessGuard, policy=scorer_policy(get_settings().max_body_bytes),
+                                tokens=settings_tokens)
     service.add_asgi_middleware(faults.FaultMiddleware, routes=PREDICT_ROUTES, injector=faults.INJECTOR)
     return service
 

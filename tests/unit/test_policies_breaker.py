@@ -24,14 +24,18 @@ def make(**kw):
 
 def fail(b, n=1, reason="error"):
     for _ in range(n):
-        assert b.acquire()
+        permit = b.acquire()
+        assert permit
         b.record_failure(reason)
+        permit.release()
 
 
 def ok(b, n=1):
     for _ in range(n):
-        assert b.acquire()
+        permit = b.acquire()
+        assert permit
         b.record_success()
+        permit.release()
 
 
 def test_config_errors_read_must_be_but_was():
@@ -120,9 +124,36 @@ def test_overload_release_frees_a_probe_without_verdict():
     b, clock, _ = make(consecutive_failures=1, open_wait_s=1, half_open_probes=1)
     fail(b)
     clock.advance(1)
-    assert b.acquire() and not b.acquire()
-    b.release()
+    permit = b.acquire()
+    assert permit and not b.acquire()
+    permit.release()
     assert b.state is State.HALF_OPEN and b.acquire()
+
+
+def test_one_call_carrying_many_requests_is_one_verdict():
+    """Coalesced requests each hold a permit, but the call they shared is charged once."""
+    b, _, _ = make(consecutive_failures=2, min_calls=100)
+    permits = [b.acquire() for _ in range(10)]  # ten requests, one coalesced call
+    b.record_failure("error")
+    for p in permits:
+        p.release()
+    assert b.state is State.CLOSED  # one failed call, not ten
+
+
+def test_a_permit_from_an_earlier_half_open_frees_no_slot_of_the_next():
+    b, clock, _ = make(consecutive_failures=1, open_wait_s=1, half_open_probes=1)
+    fail(b)
+    clock.advance(1)
+    stale = b.acquire()  # a probe of the first half-open episode
+    b.record_failure("error")  # its call failed: open again
+    clock.advance(1)
+    fresh = b.acquire()  # the second episode's only probe slot
+    assert fresh and not b.acquire()
+    stale.release()  # late: must not free the slot `fresh` holds
+    assert not b.acquire()
+    stale.release()  # and releasing twice changes nothing
+    fresh.release()
+    assert b.acquire()
 
 
 def test_active_probes_feed_the_breaker():

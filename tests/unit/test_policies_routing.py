@@ -12,8 +12,12 @@ def test_weights_parse_normalises_and_refuses_nonsense():
     assert w.as_dict() == {XGB_STABLE: 0.8, XGB_CANARY: 0.0, PYTORCH: 0.2}
     with pytest.raises(WeightsError, match="unknown variant 'lightgbm'"):
         Weights.parse({"lightgbm": 1})
-    with pytest.raises(WeightsError, match="must be a finite number >= 0, but was -1"):
+    with pytest.raises(WeightsError, match=r"weights.xgboost_stable must be a number in \[0, 1e\+06\], but was -1"):
         Weights.parse({XGB_STABLE: -1, PYTORCH: 1})
+    for huge in (1e308, float("inf"), float("nan"), True, "1"):  # 1e308 + 1e308 is inf: all traffic to nobody
+        with pytest.raises(WeightsError) as exc:
+            Weights.parse({XGB_STABLE: huge, PYTORCH: 1e308})
+        assert exc.value.field == "weights.xgboost_stable"
     with pytest.raises(WeightsError, match="at least one weight"):
         Weights.parse({XGB_STABLE: 0})
 

@@ -1,0 +1,72 @@
+"""The rules a control-state change must pass (pure; the store applies them inside its
+compare-and-set, on the state it read)."""
+
+import pytest
+
+from healmesh.gateway.control import (
+    ChangeConflict,
+    ControlState,
+    Rollout,
+    RolloutConflict,
+    RolloutRejected,
+    RolloutStatus,
+    Shadow,
+    apply_change,
+)
+from healmesh.policies import routing
+
+STAGES = (10, 50, 100)
+
+
+def running(stage: int = 10, version: str = "2") -> Rollout:
+    return Rollout(stage=stage, canary_version=version, status=RolloutStatus.RUNNING)
+
+
+def test_a_running_stage_must_be_a_configured_one():
+    with pytest.raises(RolloutRejected) as exc:
+        apply_change(ControlState(), "rollout", running(stage=43), STAGES)
+    assert exc.value.field == "stage" and "[10, 50, 100]" in str(exc.value)
+    state = apply_change(ControlState(), "rollout", running(stage=50), STAGES)
+    assert state.weights.get(routing.XGB_CANARY) == pytest.approx(0.4)
+
+
+def test_resting_phases_are_stage_0_and_always_reachable():
+    with pytest.raises(RolloutRejected, match="rests at stage 0"):
+        apply_change(ControlState(), "rollout", Rollout(stage=10, canary_version="2", status="promoted"), STAGES)
+    now = ControlState(rollout=running())
+    for status in ("rolled_back", "failed", "promoted", "idle"):
+        after = apply_change(now, "rollout", Rollout(status=status), STAGES)
+        assert after.rollout.status is RolloutStatus(status) and after.weights.get(routing.XGB_CANARY) == 0
+        assert apply_change(after, "rollout", Rollout(status="rolled_back"), STAGES)  # repeating is harmless
+
+
+def test_one_rollout_at_a_time():
+    now = ControlState(rollout=running(version="2"))
+    assert apply_change(now, "rollout", running(stage=100, version="2"), STAGES).rollout.stage == 100
+    with pytest.raises(RolloutConflict, match="a rollout of v2 is running"):
+        apply_change(now, "rollout", running(version="3"), STAGES)
+    ended = apply_change(now, "rollout", Rollout(status="rolled_back"), STAGES)
+    assert apply_change(ended, "rollout", running(version="3"), STAGES).rollout.canary_version == "3"
+
+
+def test_status_is_an_enum_and_unknown_ones_are_refused():
+    assert Rollout(status="failed").status is RolloutStatus.FAILED
+    with pytest.raises(ValueError):
+        Rollout(status="half_promoted")
+
+
+def test_canary_weight_only_while_a_rollout_runs():
+    with pytest.raises(ChangeConflict, match="no rollout is running"):
+        apply_change(ControlState(), "weights", {"xgboost_stable": 1, "xgboost_canary": 1}, STAGES)
+    state = apply_change(ControlState(rollout=running()), "weights", {"xgboost_stable": 1, "xgboost_canary": 1},
+                         STAGES)
+    assert state.weights.get(routing.XGB_CANARY) == 0.5
+
+
+def test_a_stage_applies_to_the_weights_it_finds():
+    """The rollout split is computed on the weights as they are now, so a stage change made after
+    an operator's weight change keeps that change (the lost update of the old read-then-write)."""
+    operator = apply_change(ControlState(rollout=running()), "weights", {"xgboost_stable": 0, "pytorch": 1}, STAGES)
+    staged = apply_change(operator, "rollout", running(stage=50), STAGES)
+    assert staged.weights.get(routing.PYTORCH) == 1.0
+    assert apply_change(staged, "shadow", Shadow(enabled=True), STAGES).weights == staged.weights
