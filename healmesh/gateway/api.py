@@ -422,7 +422,7 @@ async def _change(core: GatewayCore, what: str, value: Any, expected_version: in
     try:
         new = await core.control.change(what, value, who=who, why=why, expected_version=expected_version,
                                         stages=tuple(settings.canary_stages))
-    except ChangeRejected as exc:
+    except (ChangeRejected, WeightsError) as exc:
         raise _invalid(exc.field or what, str(exc)) from None
     except ChangeConflict as exc:
         raise HTTPException(409, str(exc)) from None

@@ -142,7 +142,8 @@ def weights_for_stage(weights: Weights, stage: int) -> Weights:
     w = weights.as_dict()
     xgb = w[routing.XGB_STABLE] + w[routing.XGB_CANARY]
     w[routing.XGB_CANARY] = xgb * stage / 100.0
-    w[routing.XGB_STABLE] = xgb - w[routing.XGB_CANARY]
+    # clamped: x * 100 / 100 can differ from x in the last bit, and -1e-17 is not a weight
+    w[routing.XGB_STABLE] = max(0.0, xgb - w[routing.XGB_CANARY])
     return Weights.parse(w)
 
 

@@ -14,6 +14,7 @@ from healmesh.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = os.environ["HEALMESH_ADMIN_TOKEN"]
+LABELLER_TOKEN = os.environ["HEALMESH_LABELLER_TOKEN"]
 
 
 @pytest.fixture(scope="session")
