@@ -90,6 +90,10 @@ def ensure_redis(settings: Settings) -> None:
     if redis_conn.explicit(settings):
         print(f"{'redis':<9} {local_redis.describe(settings)}")
         return
+    old = _recorded_pid(_pid_file(settings, "redis"))
+    if old and redis_conn.managed(settings) is None:
+        raise procs.ServerFailed(f"a Redis without a password, started by an older `healmesh up`, still runs (pid {old}): "
+                                 "stop that mesh with `healmesh down` (its Redis kept no data on disk), then run up again")
     outcome = local_redis.ensure(settings)
     if outcome.started is not None:
         _remember(settings, outcome.started)

@@ -217,3 +217,18 @@ def test_airflow_as_up_starts_it_never_prints_its_admin_password(tmp_path):
     assert password and password not in log, log
     assert "Not echoing it here" in log  # standalone saw the password file and printed nothing
     assert _mode(procs.airflow_passwords_file(airflow_home)) == 0o600 and _mode(server.log_path) == 0o600
+
+
+def test_up_stops_at_an_unprotected_redis_an_older_up_left_running(tmp_path):
+    home = tmp_path / "home"
+    old = procs.redis_server(procs.free_port(), home / "redis", home / "logs").launch(timeout=20)
+    try:
+        (home / "run").mkdir()
+        (home / "run" / "redis.pid").write_text(str(old.popen.pid if old.popen else ""))  # as the older up did
+        settings = Settings(home=home, redis_port=old.port)
+        with pytest.raises(procs.ServerFailed, match="older `healmesh up`.*healmesh down"):
+            stack.ensure_redis(settings)
+        assert old.popen is not None and old.popen.poll() is None  # told about, not stopped
+        assert redis.Redis(host=LOCAL, port=old.port).ping()
+    finally:
+        old.stop()
