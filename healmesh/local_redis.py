@@ -42,9 +42,12 @@ def probe(port: int, password: str) -> Found:
 
 def _pings(port: int, password: str | None) -> bool:
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
+    # no retries: an authentication error is a ConnectionError to redis-py, retried with backoff
     client = redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=2.0,
-                         socket_connect_timeout=2.0)
+                         socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0))
     try:
         return bool(client.ping())
     except redis.RedisError:  # NOAUTH, WRONGPASS, not a Redis at all
