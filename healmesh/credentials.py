@@ -13,6 +13,7 @@ import contextlib
 import hmac
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from healmesh.settings import Settings
@@ -27,8 +28,11 @@ def secrets_dir(settings: Settings) -> Path:
 
 
 def private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) with mode 0700 for the last part."""
+    """Create ``path`` (and parents) with mode 0700 for the last part; an existing one (from an
+    older install) is made 0700 too."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if stat.S_IMODE(path.stat().st_mode) != 0o700:
+        path.chmod(0o700)
     return path
 
 
@@ -55,14 +59,44 @@ def secret_path(settings: Settings, name: str) -> Path:
     return secrets_dir(settings) / name
 
 
+def adopt_legacy(old: Path, new: Path) -> None:
+    """Move a secret an older install kept at ``old`` (world-readable) to ``new`` (0600), so its
+    users keep working; the old file goes. A ``new`` that exists already wins."""
+    try:
+        value = old.read_text().strip()
+    except (FileNotFoundError, IsADirectoryError):
+        return
+    if value:
+        with contextlib.suppress(FileExistsError):
+            write_secret(new, value)
+    old.unlink(missing_ok=True)
+
+
 def admin_token(settings: Settings) -> str:
-    """The admin token: the setting, or ``$HEALMESH_HOME/secrets/admin_token`` (made once)."""
-    return settings.admin_token or read_or_create(secret_path(settings, ADMIN_TOKEN))
+    """The admin token: the setting, or ``$HEALMESH_HOME/secrets/admin_token`` (made once; one
+    left at ``$HEALMESH_HOME/admin_token`` by an older install is moved there)."""
+    if settings.admin_token:
+        return settings.admin_token
+    path = secret_path(settings, ADMIN_TOKEN)
+    adopt_legacy(settings.home / ADMIN_TOKEN, path)
+    return read_or_create(path)
 
 
 def labeller_token(settings: Settings) -> str:
     """The labeller token (``POST /feedback``): the setting, or a generated file."""
     return settings.labeller_token or read_or_create(secret_path(settings, LABELLER_TOKEN))
+
+
+def redis_password_file(settings: Settings) -> Path:
+    """The file holding the password of the Redis `healmesh up` runs: ``HEALMESH_REDIS_PASSWORD_FILE``
+    when set (it must exist), else ``$HEALMESH_HOME/secrets/redis_password``, generated once."""
+    if settings.redis_password_file is not None:
+        if not settings.redis_password_file.is_file():
+            raise FileNotFoundError(f"HEALMESH_REDIS_PASSWORD_FILE={settings.redis_password_file} does not exist")
+        return settings.redis_password_file
+    path = secret_path(settings, REDIS_PASSWORD)
+    read_or_create(path, nbytes=32)
+    return path
 
 
 def bearer(header: str | None) -> str:

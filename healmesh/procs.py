@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from healmesh.credentials import private_dir, write_secret
 from healmesh.settings import get_settings
 
 
@@ -72,6 +74,20 @@ class ServerFailed(RuntimeError):
     pass
 
 
+# every server started here: files it creates are readable by its owner only
+PRIVATE_UMASK = 0o077
+
+
+def open_private_log(path: Path) -> int:
+    """A file descriptor appending to ``path``, created 0600 (an older, wider log is narrowed):
+    server logs can hold what nobody else should read."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        os.fchmod(fd, 0o600)
+    return fd
+
+
 @dataclass
 class ServerProcess:
     name: str
@@ -88,11 +104,14 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ServerProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child from here on
-        self.popen = subprocess.Popen(list(self.cmd), stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
-                                      env={**os.environ, **self.env}, start_new_session=True)
-        log.close()
+        log = open_private_log(self.log_path)
+        try:
+            # umask: whatever the server writes (Airflow's config and logs, Redis's append-only
+            # file, BentoML's state) is its owner's alone
+            self.popen = subprocess.Popen(list(self.cmd), stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd,
+                                          env={**os.environ, **self.env}, start_new_session=True, umask=PRIVATE_UMASK)
+        finally:
+            os.close(log)
         return self
 
     def wait_ready(self, timeout: float = 90.0) -> ServerProcess:
@@ -192,33 +211,67 @@ def mlflow_server(port: int, state_dir: Path, log_dir: Path, backend_uri: str | 
     return ServerProcess(name="mlflow", cmd=cmd, port=port, log_path=log_dir / "mlflow.log", ready_path="/health")
 
 
-def redis_server(port: int, state_dir: Path, log_dir: Path, persist: bool = False) -> ServerProcess:
+@dataclass(frozen=True)
+class RedisConfig:
+    """What a Redis started here runs with. It goes to redis-server as a config file made 0600,
+    never as arguments: ``ps`` shows every process's arguments to every user."""
+
+    port: int
+    state_dir: Path
+    password: str | None = None
+    persist: bool = False
+    appendfsync: str = "always"
+    maxmemory: str = "0"
+    maxmemory_policy: str = "noeviction"
+
+    def render(self) -> str:
+        lines = [f"port {self.port}", "bind 127.0.0.1", "protected-mode yes", "daemonize no", 'logfile ""',
+                 f"dir {_quote(str(self.state_dir))}", 'save ""',
+                 f"appendonly {'yes' if self.persist else 'no'}", f"appendfsync {self.appendfsync}",
+                 f"maxmemory {self.maxmemory}", f"maxmemory-policy {self.maxmemory_policy}"]
+        if self.password:
+            lines.append(f"requirepass {_quote(self.password)}")
+        return "\n".join(lines) + "\n"
+
+
+def _quote(value: str) -> str:
+    """A Redis config argument in double quotes (Redis unescapes \\ and \\")."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def redis_server(port: int, state_dir: Path, log_dir: Path, persist: bool = False, *, password: str | None = None,
+                 appendfsync: str = "always", maxmemory: str = "0",
+                 maxmemory_policy: str = "noeviction") -> ServerProcess:
     """A Redis on 127.0.0.1 for `healmesh up` and tests; ``persist`` keeps an append-only file
-    (a restart then comes back with its data, as a production Redis would)."""
+    (a restart then comes back with its data, as a production Redis would). The config file
+    (see ``RedisConfig``) is ``state_dir/redis.conf``."""
     import shutil
 
     binary = shutil.which("redis-server")
     if binary is None:
         raise ServerFailed("redis-server not found: apt-get install redis-server (or point HEALMESH_REDIS_URL at one)")
-    state_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-           "--appendonly", "yes" if persist else "no", "--appendfsync", "always",
-           "--dir", str(state_dir), "--daemonize", "no", "--protected-mode", "yes"]
-    return ServerProcess(name=f"redis-{port}", cmd=cmd, port=port, log_path=log_dir / f"redis-{port}.log",
-                         ready_path="")
+    config = RedisConfig(port=port, state_dir=state_dir, password=password, persist=persist, appendfsync=appendfsync,
+                         maxmemory=maxmemory, maxmemory_policy=maxmemory_policy)
+    conf = private_dir(state_dir) / "redis.conf"
+    conf.unlink(missing_ok=True)  # written afresh, created 0600 (it may hold the password)
+    write_secret(conf, config.render())
+    return ServerProcess(name=f"redis-{port}", cmd=[binary, str(conf)], port=port,
+                         log_path=log_dir / f"redis-{port}.log", ready_path="")
 
 
 def airflow_standalone(port: int, airflow_home: Path, dags_folder: Path, log_dir: Path,
                        env: Mapping[str, str] | None = None) -> ServerProcess:
     """`airflow standalone` (api-server/UI, scheduler, dag-processor, triggerer) with the
-    healmesh DAGs, unpaused, no examples; the UI's admin password is generated into
-    ``$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated``."""
+    healmesh DAGs, unpaused, no examples; the UI's admin password is in
+    ``$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated`` (0600, see below)."""
     airflow_home.mkdir(parents=True, exist_ok=True)
+    passwords = ensure_airflow_passwords(airflow_home)
     airflow_env = {
         "AIRFLOW_HOME": str(airflow_home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         # an asset event should start its consumer DAG within seconds, not a minute
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
@@ -231,10 +284,32 @@ def airflow_standalone(port: int, airflow_home: Path, dags_folder: Path, log_dir
                          ready_path="/api/v2/monitor/health")
 
 
+def airflow_passwords_file(airflow_home: Path) -> Path:
+    return airflow_home / "simple_auth_manager_passwords.json.generated"
+
+
+def ensure_airflow_passwords(airflow_home: Path, user: str = "admin") -> Path:
+    """Airflow's UI password file, made here 0600 before Airflow starts. Airflow would write it
+    with the process umask and print the new password (standalone's banner and the api-server's
+    first start): with the file there it says "not echoing it here" and prints nothing. A file
+    others could read (an older install; its password is in that install's airflow.log) is
+    replaced by a new password."""
+    import json
+    import secrets
+
+    path = airflow_passwords_file(airflow_home)
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            path.unlink()
+    with contextlib.suppress(FileExistsError):
+        write_secret(path, json.dumps({user: secrets.token_urlsafe(16)}) + "\n")
+    return path
+
+
 def airflow_password(airflow_home: Path, user: str = "admin") -> str | None:
     import json
 
-    path = airflow_home / "simple_auth_manager_passwords.json.generated"
+    path = airflow_passwords_file(airflow_home)
     try:
         return str(json.loads(path.read_text())[user])
     except (OSError, ValueError, KeyError):

@@ -74,11 +74,20 @@ class Settings(BaseSettings):
     xgb_url: str | None = None
     torch_url: str | None = None
     fallback_url: str | None = None
+    # A Redis of your own. Left unset, `make up` runs one (see redis_port) and the command line
+    # finds it through $HEALMESH_HOME/run/redis.json (healmesh.redis_conn).
     redis_url: str = "redis://127.0.0.1:6379/0"
     # The Redis password (AUTH), or a file holding it; `make up` generates one for the Redis it
     # starts. A password inside redis_url works too. Never logged.
     redis_password: str | None = None
     redis_password_file: Path | None = None
+    # Port of the Redis `make up` runs (with redis_url unset); when another Redis holds it, the
+    # next free port above it.
+    redis_port: int = Field(default=6379, ge=1, le=65_535)
+    # Memory cap of that Redis (Redis units: 512mb, 1gb; 0 = none). Over it, only keys with a
+    # TTL (per-request records) are evicted, shortest TTL first; control state, audit and
+    # streams carry none and are never evicted (a write that needs room fails instead).
+    redis_maxmemory: str = Field(default="1gb", pattern=r"(?i)^\d+(b|k|kb|m|mb|g|gb)?$")
     key_prefix: str = "healmesh"
     # Whole-request deadline; a model attempt may use it minus what the fallback needs.
     deadline_ms: float = Field(default=800.0, gt=0)

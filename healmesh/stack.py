@@ -1,9 +1,10 @@
 """`healmesh up / down / status`: the local mesh as background processes.
 
-Redis (only when none answers at HEALMESH_REDIS_URL on this host), each scorer as its own
-`bentoml serve` on 8001 to 8003 (so each can be killed, restarted and scaled alone), and the
-gateway on 8000 pointed at them. Process ids go to ``$HEALMESH_HOME/run``, logs to
-``$HEALMESH_HOME/logs``.
+Redis (its own, password-protected, unless HEALMESH_REDIS_URL names one: see local_redis),
+each scorer as its own `bentoml serve` on 8001 to 8003 (so each can be killed, restarted and
+scaled alone), and the gateway on 8000 pointed at them. Process ids go to
+``$HEALMESH_HOME/run``, logs to ``$HEALMESH_HOME/logs`` (0600), secrets to
+``$HEALMESH_HOME/secrets`` (0600); the four directories are 0700.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from urllib.parse import urlparse
 
 import httpx
+import psutil
 
-from healmesh import procs
+from healmesh import credentials, local_redis, procs, redis_conn
 from healmesh.credentials import admin_token, labeller_token, secret_path
 from healmesh.settings import Settings, get_settings
 
@@ -42,6 +43,16 @@ def _pid_file(settings: Settings, name: str) -> Path:
     return settings.home / "run" / f"{name}.pid"
 
 
+def _recorded_pid(pid_file: Path) -> int | None:
+    """The pid `up` recorded, while it is still the process `up` started: a pid reused by a
+    later process (after a reboot, say) is not ours to stop."""
+    try:
+        pid = int(pid_file.read_text())
+        return pid if psutil.Process(pid).create_time() <= pid_file.stat().st_mtime + 1.0 else None
+    except (OSError, ValueError, psutil.Error):
+        return None
+
+
 def _remember(settings: Settings, server: procs.ServerProcess) -> None:
     path = _pid_file(settings, server.name)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,20 +76,28 @@ def tracking_uri(settings: Settings) -> str:
         f"http://127.0.0.1:{settings.mlflow_port}"
 
 
-def ensure_redis(settings: Settings) -> str | None:
-    """Start a local Redis when the configured one is on this host and nobody listens."""
-    url = urlparse(settings.redis_url)
-    host, port = url.hostname or "127.0.0.1", url.port or 6379
-    if procs.port_open(port, host):
-        return None
-    if host not in ("127.0.0.1", "localhost"):
-        return f"Redis at {settings.redis_url} does not answer (the gateway buffers its log until it does)"
-    server = procs.redis_server(port, settings.home / "redis", settings.home / "logs")
-    server.name = "redis"
-    server.launch(timeout=20)
-    _remember(settings, server)
-    print(f"{'redis':<9} started on {port}")
-    return None
+def secure_home(settings: Settings) -> None:
+    """``$HEALMESH_HOME`` and its secrets, logs and run directories 0700, logs 0600, including
+    those an older install left readable by others."""
+    for path in (settings.home, credentials.secrets_dir(settings), settings.home / "logs", settings.home / "run"):
+        credentials.private_dir(path)
+    for log in (settings.home / "logs").glob("*.log"):
+        log.chmod(0o600)
+
+
+def ensure_redis(settings: Settings) -> None:
+    """HEALMESH_REDIS_URL as given, or our own Redis, reused or started (local_redis)."""
+    if redis_conn.explicit(settings):
+        print(f"{'redis':<9} {local_redis.describe(settings)}")
+        return
+    old = _recorded_pid(_pid_file(settings, "redis"))
+    if old and redis_conn.managed(settings) is None:
+        raise procs.ServerFailed(f"a Redis without a password, started by an older `healmesh up`, still runs (pid {old}): "
+                                 "stop that mesh with `healmesh down` (its Redis kept no data on disk), then run up again")
+    outcome = local_redis.ensure(settings)
+    if outcome.started is not None:
+        _remember(settings, outcome.started)
+    print(f"{'redis':<9} {'started on' if outcome.started else 'already running on'} {outcome.url}")
 
 
 def ensure_mlflow(settings: Settings) -> str:
@@ -100,18 +119,25 @@ def ensure_mlflow(settings: Settings) -> str:
 
 
 def scorer_env(settings: Settings, tracking: str) -> dict[str, str]:
+    """What every child of `up` gets: tokens, home, the Redis in use (URL and password file) and
+    the tracking URI."""
     return {"HEALMESH_ADMIN_TOKEN": admin_token(settings), "HEALMESH_LABELLER_TOKEN": labeller_token(settings),
-            "HEALMESH_HOME": str(settings.home),
+            "HEALMESH_HOME": str(settings.home), **redis_conn.client_env(settings),
             "MLFLOW_TRACKING_URI": tracking}
+
+
+def gateway_env(settings: Settings, env: dict[str, str]) -> dict[str, str]:
+    """A child's env (``scorer_env``) plus where the scorers are."""
+    ports = scorer_ports(settings)
+    return {**env, "HEALMESH_XGB_URL": settings.xgb_url or f"http://127.0.0.1:{ports['xgboost']}",
+            "HEALMESH_TORCH_URL": settings.torch_url or f"http://127.0.0.1:{ports['pytorch']}",
+            "HEALMESH_FALLBACK_URL": settings.fallback_url or f"http://127.0.0.1:{ports['fallback']}"}
 
 
 def kill(name: str) -> bool:
     """SIGKILL a process `up` started (its whole group), as a crash would. False if not running."""
-    pid_file = _pid_file(get_settings(), name)
-    try:
-        return procs.kill_tree(int(pid_file.read_text()))
-    except (FileNotFoundError, ValueError):
-        return False
+    pid = _recorded_pid(_pid_file(get_settings(), name))
+    return procs.kill_tree(pid) if pid else False
 
 
 def start_scorer(name: str) -> int:
@@ -124,9 +150,12 @@ def start_scorer(name: str) -> int:
 
 def up(train_rows: int = 60_000, airflow: bool = True) -> int:
     settings = get_settings()
-    warning = ensure_redis(settings)
-    if warning:
-        print(warning, file=sys.stderr)
+    secure_home(settings)
+    try:
+        ensure_redis(settings)
+    except (ValueError, OSError, procs.ServerFailed) as exc:
+        print(f"redis: {exc}", file=sys.stderr)
+        return 1
     tracking = ensure_mlflow(settings)
     os.environ["MLFLOW_TRACKING_URI"] = tracking  # the training below and every child use it
     if not models_available(settings):
@@ -137,26 +166,22 @@ def up(train_rows: int = 60_000, airflow: bool = True) -> int:
         if code:
             return code
     env = scorer_env(settings, tracking)
-    ports = scorer_ports(settings)
-    gateway_env = {**env,
-                   "HEALMESH_XGB_URL": settings.xgb_url or f"http://127.0.0.1:{ports['xgboost']}",
-                   "HEALMESH_TORCH_URL": settings.torch_url or f"http://127.0.0.1:{ports['pytorch']}",
-                   "HEALMESH_FALLBACK_URL": settings.fallback_url or f"http://127.0.0.1:{ports['fallback']}"}
-    scorers = [(name, procs.SCORERS[name], port, env) for name, port in ports.items()]
+    gateway = gateway_env(settings, env)
+    scorers = [(name, procs.SCORERS[name], port, env) for name, port in scorer_ports(settings).items()]
     # scorers first: a gateway probing scorers that are still loading would open its breakers
-    for group in (scorers, [("gateway", GATEWAY, settings.gateway_port, gateway_env)]):
+    for group in (scorers, [("gateway", GATEWAY, settings.gateway_port, gateway)]):
         code = _start_group(settings, group)
         if code:
             return code
     if airflow:
-        code = ensure_airflow(settings, {**gateway_env, "HEALMESH_REDIS_URL": settings.redis_url,
+        code = ensure_airflow(settings, {**gateway,
                                          "HEALMESH_GATEWAY_URL": f"http://127.0.0.1:{settings.gateway_port}",
                                          "HEALMESH_DRIFT_REPORTS_DIR": str(settings.drift_reports_dir)})
         if code:
             return code
-    print(f"admin token: {secret_path(settings, 'admin_token')} (or HEALMESH_ADMIN_TOKEN); "
-          f"labeller token: {secret_path(settings, 'labeller_token')} (or HEALMESH_LABELLER_TOKEN)")
-    return status()
+    print(f"secrets (0600): admin token {secret_path(settings, credentials.ADMIN_TOKEN)} (or HEALMESH_ADMIN_TOKEN), "
+          f"labeller token {secret_path(settings, credentials.LABELLER_TOKEN)} (or HEALMESH_LABELLER_TOKEN)")
+    return status(settings)
 
 
 def airflow_home(settings: Settings) -> Path:
@@ -201,22 +226,22 @@ def _start_group(settings: Settings, group: list[tuple[str, str, int, dict[str, 
     return 0 if all(_await_ready(server, timeout=120) for server in started) else 1
 
 
-def down() -> int:
-    settings = get_settings()
+def down(settings: Settings | None = None) -> int:
+    settings = settings or get_settings()
     for name in ["airflow", "gateway", *scorer_ports(settings), "mlflow", "redis"]:
         pid_file = _pid_file(settings, name)
         if not pid_file.exists():
             continue
-        pid = int(pid_file.read_text() or 0)
+        pid = _recorded_pid(pid_file)
         if pid:
             procs.terminate_tree(pid, timeout=10.0)
-        pid_file.unlink(missing_ok=True)
-        print(f"{name:<9} stopped")
+        pid_file.unlink(missing_ok=True)  # run/redis.json stays: the CLI must not fall back on another Redis
+        print(f"{name:<9} {'stopped' if pid else 'was not running'}")
     return 0
 
 
-def status() -> int:
-    settings = get_settings()
+def status(settings: Settings | None = None) -> int:
+    settings = settings or get_settings()
     headers = {"Authorization": f"Bearer {admin_token(settings)}"}
     worst = 0
     for name, port in scorer_ports(settings).items():
@@ -233,9 +258,10 @@ def status() -> int:
         print(f"{name:<9} :{port}  ready  {served}")
     tracking = tracking_uri(settings)
     print(f"{'mlflow':<9} {tracking}")
+    print(f"{'redis':<9} {local_redis.describe(settings)}")
     if _airflow_ready(settings.airflow_port):
-        password = procs.airflow_password(airflow_home(settings)) or "(see simple_auth_manager_passwords.json.generated)"
-        print(f"{'airflow':<9} http://127.0.0.1:{settings.airflow_port}  login admin / {password}")
+        print(f"{'airflow':<9} http://127.0.0.1:{settings.airflow_port}  login admin, password in "
+              f"{procs.airflow_passwords_file(airflow_home(settings))}")
     else:
         print(f"{'airflow':<9} :{settings.airflow_port}  not running")
     print(f"{'reports':<9} {settings.drift_reports_dir / 'index.html'}")

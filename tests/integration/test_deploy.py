@@ -4,6 +4,7 @@ against live metrics, container files, the compose file, Kubernetes manifests, t
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import yaml
 
@@ -163,10 +165,16 @@ def test_each_bento_has_a_containerfile_and_carries_its_model(trained, tmp_path,
         assert list((shipped / "models" / name).rglob("meta.json")), f"{tag} does not carry {name}"
 
 
+COMPOSE_SECRETS = {"HEALMESH_ADMIN_TOKEN": "compose-test-token", "HEALMESH_REDIS_PASSWORD": "compose-redis-pw-0123"}
+
+
+def compose_config(**env: str) -> subprocess.CompletedProcess[str]:
+    return sh(tool("docker-compose"), "-f", str(DEPLOY / "docker-compose.yaml"), "config",
+              env={**env, "PATH": "/usr/bin:/bin"})
+
+
 def test_compose_file_parses_and_its_healthchecks_use_what_the_images_have(tmp_path):
-    compose = tool("docker-compose")
-    done = sh(compose, "-f", str(DEPLOY / "docker-compose.yaml"), "config",
-              env={"HEALMESH_ADMIN_TOKEN": "compose-test-token", "PATH": "/usr/bin:/bin"})
+    done = compose_config(**COMPOSE_SECRETS)
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(done.stdout)
     services = config["services"]
@@ -177,12 +185,62 @@ def test_compose_file_parses_and_its_healthchecks_use_what_the_images_have(tmp_p
     has = {"redis": "redis-cli", "mlflow": "python", "prometheus": "wget", "grafana": "wget", "airflow": "curl"}
     for name, svc in services.items():
         assert "healthcheck" in svc, f"{name} has no healthcheck"
-        binary = svc["healthcheck"]["test"][1]
+        binary = svc["healthcheck"]["test"][1].split()[0]  # CMD-SHELL: the command line's first word
         assert binary == has.get(name, "python"), f"{name}: healthcheck calls {binary}"
         if name not in has:
             assert svc["image"].startswith("healmesh"), name  # a bento image
-    missing = sh(compose, "-f", str(DEPLOY / "docker-compose.yaml"), "config", env={"PATH": "/usr/bin:/bin"})
-    assert missing.returncode != 0 and "HEALMESH_ADMIN_TOKEN" in missing.stderr
+    for name in COMPOSE_SECRETS:
+        missing = compose_config(**{k: v for k, v in COMPOSE_SECRETS.items() if k != name})
+        assert missing.returncode != 0 and name in missing.stderr
+
+
+def run_redis_command(argv: list[str], password: str, tmp_path: Path) -> procs.ServerProcess:
+    """A container's Redis command run here with the real redis-server: the image's entrypoint
+    (which drops to the redis user) stands in as a plain exec; port and directory are this test's."""
+    shim = tmp_path / "bin" / "docker-entrypoint.sh"
+    shim.parent.mkdir()
+    shim.write_text('#!/bin/sh\nexec "$@"\n')
+    shim.chmod(0o700)
+    port = procs.free_port()
+    script = argv[-1].replace("redis-server -", f"redis-server - --port {port} --bind 127.0.0.1 --dir {tmp_path}", 1)
+    assert script != argv[-1]
+    server = procs.ServerProcess(name="container-redis", cmd=[*argv[:-1], script], port=port, ready_path="",
+                                 log_path=tmp_path / "redis.log",
+                                 env={"PATH": f"{shim.parent}:{os.environ['PATH']}", "REDISCLI_AUTH": password})
+    return server.launch(timeout=20)
+
+
+def assert_password_protected(server: procs.ServerProcess, password: str) -> None:
+    import redis
+
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(host="127.0.0.1", port=server.port).ping()
+    client = redis.Redis(host="127.0.0.1", port=server.port, password=password, decode_responses=True)
+    config = client.config_get("*")
+    assert config["maxmemory-policy"] == "volatile-ttl" and config["appendonly"] == "yes"
+    assert config["appendfsync"] == "everysec" and config["maxmemory"] == str(1024 ** 3)
+    assert not any(password in arg for arg in psutil.Process(server.popen.pid).cmdline())  # `ps` shows argv
+
+
+def test_compose_redis_requires_the_password_and_only_its_clients_get_it(tmp_path):
+    done = compose_config(**COMPOSE_SECRETS)
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    password = COMPOSE_SECRETS["HEALMESH_REDIS_PASSWORD"]
+    redis_svc = services["redis"]
+    assert redis_svc["environment"]["REDISCLI_AUTH"] == password
+    assert not any(password in arg for arg in redis_svc["command"])
+    for name in ("gateway", "airflow"):
+        env = services[name]["environment"]
+        assert env["HEALMESH_REDIS_PASSWORD"] == password and env["HEALMESH_REDIS_URL"] == "redis://redis:6379/0"
+    for name in ("xgboost-scorer", "torch-scorer", "fallback-scorer"):
+        assert "HEALMESH_REDIS_PASSWORD" not in services[name]["environment"]  # they do not use Redis
+    command = [arg.replace("$$", "$") for arg in redis_svc["command"]]  # compose's escape for a literal $
+    server = run_redis_command(command, password, tmp_path)
+    try:
+        assert_password_protected(server, password)
+    finally:
+        server.stop()
 
 
 def test_kubernetes_manifests_validate_against_the_schemas_offline():
@@ -204,6 +262,24 @@ def test_kubernetes_manifests_validate_against_the_schemas_offline():
             assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
     values = yaml.safe_load((DEPLOY / "k8s" / "airflow-values.yaml").read_text())
     assert values["defaultAirflowRepository"] == "healmesh-airflow" and values["airflowVersion"] == "3.3.2"
+    assert {"envName": "HEALMESH_REDIS_PASSWORD", "secretName": "healmesh-redis", "secretKey": "password"} \
+        in values["secret"]
+
+
+def test_kubernetes_redis_requires_the_secret_password_and_the_gateway_gets_it(tmp_path):
+    docs = [d for m in sorted((DEPLOY / "k8s").glob("[0-9]*.yaml")) for d in yaml.safe_load_all(m.read_text()) if d]
+    pods = {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment"}
+    secret_ref = {"secretKeyRef": {"name": "healmesh-redis", "key": "password"}}
+    redis_container = pods["redis"]["containers"][0]
+    assert {"name": "REDISCLI_AUTH", "valueFrom": secret_ref} in redis_container["env"]
+    gateway_env = pods["gateway"]["containers"][0]["env"]
+    assert {"name": "HEALMESH_REDIS_PASSWORD", "valueFrom": secret_ref} in gateway_env
+    password = "k8s-redis-pw-0123"
+    server = run_redis_command(redis_container["args"], password, tmp_path)
+    try:
+        assert_password_protected(server, password)
+    finally:
+        server.stop()
 
 
 # --- the status page -------------------------------------------------------------------------------
