@@ -23,7 +23,14 @@ from pydantic import BaseModel, Field, ValidationError
 
 from healmesh import logkeys, registry, schema
 from healmesh.access import Access, RequestRejected, loads_strict, requires
-from healmesh.gateway.control import ChangeConflict, ChangeRejected, Rollout, RolloutStatus, Shadow
+from healmesh.gateway.control import (
+    ChangeConflict,
+    ChangeRejected,
+    Rollout,
+    RolloutStatus,
+    Shadow,
+    check_rollout,
+)
 from healmesh.gateway.core import GatewayCore, Saturated
 from healmesh.gateway.feature_log import LabelResult
 from healmesh.policies import routing
@@ -344,11 +351,10 @@ def build_app() -> FastAPI:
         try:
             value = Rollout(stage=change.stage, canary_version=change.canary_version, status=change.status,
                             note=change.note)
+            check_rollout(value, tuple(get_settings().canary_stages))  # before asking anyone anything
         except ChangeRejected as exc:
             raise _invalid(exc.field or "rollout", str(exc)) from None
-        if value.status is RolloutStatus.RUNNING:
-            if not value.canary_version:
-                raise _invalid("canary_version", "a running rollout needs a canary_version")
+        if value.status is RolloutStatus.RUNNING and value.canary_version:
             await _version_registered(value.canary_version)
             await _canary_slot_serves(core, value.canary_version)
         return await _change(core, "rollout", value, change.expected_version, _who(change.who, x_healmesh_actor),

@@ -27,11 +27,16 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from redis.exceptions import WatchError
+
 from healmesh.policies import routing
 from healmesh.policies.routing import Weights
 
 AUDIT_MAXLEN = 10_000
-CAS_ATTEMPTS = 64  # measured: 1,000 changes from 32 concurrent writers needed at most 9 attempts
+# Measured (1,000 changes, two processes of 16 writers each on one Redis): 83 retries in all, at
+# most 10 attempts for one change, none refused. Without the per-process lock, 32 writers in one
+# process needed 8,039 retries and up to 63 attempts for one change.
+CAS_ATTEMPTS = 64
 
 
 class ChangeRejected(ValueError):
@@ -91,24 +96,29 @@ class Rollout:
             raise RolloutRejected("a rollout stage above 0 needs a canary_version", "canary_version")
 
 
-def check_rollout_change(current: Rollout, new: Rollout, stages: tuple[int, ...]) -> None:
-    """The legal rollout changes, as one table of rules (raises; returns None when legal).
-
-    - ``running`` takes one of the configured ``stages`` and a canary version; a running
-      rollout keeps its version until it ends (one rollout at a time: end it first);
-    - every other phase rests at stage 0 and any phase may move to them (a rollback or a
-      failed promotion must always be possible, and repeating one is harmless).
-    """
+def check_rollout(new: Rollout, stages: tuple[int, ...]) -> None:
+    """What a rollout must be in itself: ``running`` at one of the configured ``stages`` with a
+    canary version; every other phase at stage 0 (raises ``RolloutRejected``)."""
     if new.status is RolloutStatus.RUNNING:
         if new.stage not in stages:
             raise RolloutRejected(f"stage must be one of the configured stages {list(stages)}, but was {new.stage}",
                                   "stage")
-        if current.status is RolloutStatus.RUNNING and current.canary_version != new.canary_version:
-            raise RolloutConflict(f"a rollout of v{current.canary_version} is running; end it (rolled_back or "
-                                  f"failed) before starting v{new.canary_version}")
-        return
-    if new.stage != 0:
+        if not new.canary_version:
+            raise RolloutRejected("a running rollout needs a canary_version", "canary_version")
+    elif new.stage != 0:
         raise RolloutRejected(f"status {new.status.value!r} rests at stage 0, but stage was {new.stage}", "stage")
+
+
+def check_rollout_change(current: Rollout, new: Rollout, stages: tuple[int, ...]) -> None:
+    """The legal rollout changes (raises; returns None when legal): ``check_rollout``, and a
+    running rollout keeps its canary version until it ends (one rollout at a time: end it
+    first). Every resting phase is reachable from any phase: a rollback or a failed promotion
+    must always be possible, and repeating one is harmless."""
+    check_rollout(new, stages)
+    if (new.status is RolloutStatus.RUNNING and current.status is RolloutStatus.RUNNING
+            and current.canary_version != new.canary_version):
+        raise RolloutConflict(f"a rollout of v{current.canary_version} is running; end it (rolled_back or failed) "
+                              f"before starting v{new.canary_version}")
 
 
 @dataclass(frozen=True)
@@ -155,6 +165,7 @@ class ControlStore:
         self.key = f"{prefix}:control"
         self.audit_key = f"{prefix}:audit"
         self.drift_key = drift_key(prefix)
+        self._serial = asyncio.Lock()
 
     async def read(self) -> ControlState:
         pipe = self.redis.pipeline(transaction=False)
@@ -167,8 +178,12 @@ class ControlStore:
                      stages: tuple[int, ...] = (10, 50, 100)) -> ControlState:
         """Set one part of the state (``weights``, ``shadow`` or ``rollout``) and record it,
         compare-and-set on the state's version (see the module docstring)."""
-        from redis.exceptions import WatchError
+        async with self._serial:  # one change at a time per process: CAS contention only across processes
+            return await self._change(what, value, who=who, why=why, expected_version=expected_version,
+                                      stages=stages)
 
+    async def _change(self, what: str, value: Any, *, who: str, why: str, expected_version: int | None,
+                      stages: tuple[int, ...]) -> ControlState:
         for attempt in range(CAS_ATTEMPTS):
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:

@@ -126,49 +126,6 @@ def test_weight_change_through_admin_reaches_traffic(gateway):
         time.sleep(1.0)
 
 
-def test_admin_changes_are_validated_against_stages_registry_and_the_canary_slot(gateway, scorers, settings):
-    """What a fuzzer holding the admin token once set: stage 43, canary version `A]@`, shadow to an
-    empty canary slot. Each is refused, naming the field, and changes nothing."""
-    from healmesh import registry
-
-    url, xgb = gateway.url, scorers["xgboost"].url
-    version_before = state(url)["control"]["version"]
-
-    def rollout(**body: Any) -> httpx.Response:
-        return admin(url, "PUT", "/rollout", json={"why": "test", **body})
-
-    def refused(r: httpx.Response, status: int, field: str | None = None) -> None:
-        assert r.status_code == status, r.text
-        if field:
-            assert r.json()["detail"][0]["field"] == field, r.text
-
-    refused(admin(url, "PUT", "/shadow", json={"enabled": True, "target": "xgboost_canary", "why": "x"}), 409)
-    refused(rollout(stage=43, canary_version="1"), 422, "stage")
-    refused(rollout(stage=10, canary_version="A]@"), 422, "canary_version")
-    refused(rollout(stage=10, canary_version="999"), 422, "canary_version")  # not in the registry
-    refused(rollout(stage=10), 422, "canary_version")
-    refused(rollout(stage=10, canary_version="1"), 409)  # registered, but the canary slot is empty
-    refused(rollout(stage=10, canary_version="1", status="promoted"), 422, "stage")
-    assert state(url)["control"]["version"] == version_before  # nothing refused was written
-    try:
-        registry.set_alias(settings, settings.xgb_registered_name, "challenger", "1")
-        assert httpx.post(xgb + "/admin/reload", headers=AUTH).json()["slots"]["canary"]["version"] == "1"
-        r = rollout(stage=10, canary_version="1")
-        assert r.status_code == 200, r.text
-        w = r.json()["weights"]
-        assert w["xgboost_canary"] == pytest.approx(0.08) and w["xgboost_stable"] == pytest.approx(0.72)
-        assert admin(url, "GET", "/rollout").json()["canary_version"] == "1"
-        refused(rollout(stage=50, canary_version="1", expected_version=0), 409)  # a stale compare-and-set
-        shadow = admin(url, "PUT", "/shadow", json={"enabled": True, "target": "xgboost_canary", "why": "x"})
-        assert shadow.status_code == 200, shadow.text
-    finally:
-        admin(url, "PUT", "/shadow", json={"enabled": False, "why": "restore"})
-        assert rollout(stage=0, status="rolled_back").status_code == 200
-        registry.delete_alias(settings, settings.xgb_registered_name, "challenger")
-        httpx.post(xgb + "/admin/reload", headers=AUTH)
-        time.sleep(1.0)
-
-
 # --- breakers -----------------------------------------------------------------------------------
 
 
@@ -367,9 +324,6 @@ def test_bad_inputs_get_the_right_4xx_and_leave_no_trace(gateway, redis_srv):
         (json.dumps("hello"), 422, None),
         (json.dumps([good] * 501), 413, None),
         (b'{"amount": "' + b"9" * 1_100_000 + b'"}', 413, None),
-        (b"[" * 5_000, 400, None),  # nested too deeply for the parser: was a 500 (RecursionError)
-        (json.dumps(good)[:-1] + ', "amount": 1.0}', 422, "amount"),  # a duplicate key: which one counts?
-        (json.dumps(good).replace('"amount": ', '"amount": NaN, "x": ', 1), 400, None),
     ]
     for body, status, field in cases:
         r = post(body)
@@ -378,78 +332,27 @@ def test_bad_inputs_get_the_right_4xx_and_leave_no_trace(gateway, redis_srv):
             assert field in {d["field"] for d in r.json()["detail"]}, r.text[:300]
     errs = post(json.dumps([good, good | {"geo": "mars"}])).json()["detail"]
     assert errs[0]["loc"] == ["body", 1, "geo"]
-    # a web page may post text/plain without a CORS preflight: JSON only
-    plain = httpx.post(url + "/api/v1/predict", content=json.dumps(good), headers={"content-type": "text/plain"})
-    assert plain.status_code == 415, plain.text
-    assert httpx.post(url + "/api/v1/predict", content=json.dumps(good)).status_code == 415  # no content type
     time.sleep(0.5)
     assert stream_len(redis_srv.port, prefix) == before
 
 
-def label(url: str, body: dict[str, Any], headers: dict[str, str] | None = LABELLER) -> httpx.Response:
-    return httpx.post(url + "/api/v1/feedback", json=body, headers=headers or {}, timeout=10)
-
-
-def logged_answer(url: str, redis_port: int, prefix: str, seed: int) -> str:
-    rid = httpx.post(url + "/api/v1/predict", json=anonymous(1, seed=seed)[0]).json()["request_id"]
-    wait_for(lambda: redis.Redis(port=redis_port).hexists(logkeys.bucket_key(prefix, rid), rid), timeout=10,
-             interval=0.05, what="the record to be logged")
-    return rid
-
-
-def test_feedback_needs_a_labeller_token_and_stores_ground_truth_once(gateway, redis_srv):
+def test_feedback_stores_ground_truth_idempotently(gateway, redis_srv):
     url, prefix = gateway.url, "hm-main"
-    rid = logged_answer(url, redis_srv.port, prefix, seed=14)
-    # labels become training data, the gate's holdout and the canary's live AUC: not for anyone
-    assert label(url, {"request_id": rid, "label": 1}, headers=None).status_code == 401
-    assert label(url, {"request_id": rid, "label": 1}, {"Authorization": "Bearer nope"}).status_code == 401
-    batch = httpx.post(url + "/api/v1/feedback/batch", json=[{"request_id": rid, "label": 1}])
-    assert batch.status_code == 401
-    unknown = logkeys.new_request_id(time.time())
-    assert label(url, {"request_id": unknown, "label": 1}).status_code == 404
-    first = label(url, {"request_id": rid, "label": 1})
+    rid = httpx.post(url + "/api/v1/predict", json=anonymous(1, seed=14)[0]).json()["request_id"]
+    wait_for(lambda: redis.Redis(port=redis_srv.port).hexists(logkeys.bucket_key(prefix, rid), rid), timeout=10,
+             interval=0.05, what="the record to be logged")
+    post = lambda body: httpx.post(url + "/api/v1/feedback", json=body, headers=LABELLER)  # noqa: E731
+    assert post({"request_id": logkeys.new_request_id(time.time()), "label": 1}).status_code == 404
+    first = post({"request_id": rid, "label": 1})
     assert first.status_code == 200 and first.json()["status"] == "stored"
-    again = label(url, {"request_id": rid, "label": 1}, AUTH)  # the admin token may label too
+    again = post({"request_id": rid, "label": 1})
     assert again.status_code == 200 and again.json()["status"] == "unchanged"
-    conflict = label(url, {"request_id": rid, "label": 0})
-    assert conflict.status_code == 409 and "PUT /api/v1/admin/labels" in conflict.json()["detail"]
-    for bad in (7, True, 1.0, "1", None):  # a label is the integer 0 or 1, nothing that looks like one
-        r = label(url, {"request_id": rid, "label": bad})
-        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "label", (bad, r.text)
-    assert label(url, {"request_id": "../../x", "label": 1}).json()["detail"][0]["field"] == "request_id"
+    assert post({"request_id": rid, "label": 0}).status_code == 409
+    assert post({"request_id": rid, "label": 7}).status_code == 422
     r = redis.Redis(port=redis_srv.port)
     assert r.hget(logkeys.bucket_key(prefix, rid), logkeys.label_field(rid)) == b"1"
     labels = [f for _, f in r.xrange(f"{prefix}:feedback") if f[b"request_id"] == rid.encode()]
     assert len(labels) == 1
-
-
-def test_a_label_correction_is_an_audited_admin_action(gateway, redis_srv):
-    url, prefix = gateway.url, "hm-main"
-    rid = logged_answer(url, redis_srv.port, prefix, seed=17)
-    assert label(url, {"request_id": rid, "label": 1}).status_code == 200
-    body = {"label": 0, "why": "chargeback reversed", "who": "disputes-team"}
-    assert httpx.put(f"{url}/api/v1/admin/labels/{rid}", json=body, headers=LABELLER).status_code == 401
-    fixed = httpx.put(f"{url}/api/v1/admin/labels/{rid}", json=body, headers=AUTH)
-    assert fixed.status_code == 200 and fixed.json()["status"] == "corrected", fixed.text
-    r = redis.Redis(port=redis_srv.port)
-    assert r.hget(logkeys.bucket_key(prefix, rid), logkeys.label_field(rid)) == b"0"
-    entry = admin(url, "GET", "/audit?limit=5").json()[0]
-    assert (entry["what"], entry["who"], entry["why"]) == ("label", "disputes-team", "chargeback reversed")
-    assert entry["before"] == {"request_id": rid, "label": 1} and entry["after"] == {"request_id": rid, "label": 0}
-    feedback = [f for _, f in r.xrange(f"{prefix}:feedback") if f[b"request_id"] == rid.encode()]
-    assert [f[b"label"] for f in feedback] == [b"1", b"0"] and feedback[1][b"correction"] == b"1"
-
-
-def test_a_label_after_the_retention_is_410_and_counted(gateway):
-    late = logkeys.new_request_id(time.time() - 2 * 3_600)  # the default retention is an hour
-    before = re.search(r'healmesh_gateway_labels_total\{result="expired"\} (\S+)', httpx.get(gateway.url + "/metrics").text)
-    r = label(gateway.url, {"request_id": late, "label": 1})
-    assert r.status_code == 410 and "retention" in r.json()["detail"] and "HEALMESH_LABEL_RETENTION_S" in r.text
-    batch = httpx.post(gateway.url + "/api/v1/feedback/batch", json=[{"request_id": late, "label": 0}],
-                       headers=LABELLER).json()
-    assert batch["expired"] == [late] and batch["stored"] == 0
-    after = re.search(r'healmesh_gateway_labels_total\{result="expired"\} (\S+)', httpx.get(gateway.url + "/metrics").text)
-    assert float(after.group(1)) == float(before.group(1)) + 2
 
 
 def test_metrics_cover_traffic_breakers_weights_log_drift_and_rollout(gateway, redis_srv):

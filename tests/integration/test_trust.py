@@ -1,38 +1,98 @@
-"""Black-box tests of what the mesh must refuse, charge and keep (issue 8): oversize bodies without a
-credential, breakers charged per upstream call, concurrent control writers, records kept through
-a Redis outage and a gateway shutdown. Against real processes."""
+"""Black-box tests of what the mesh must refuse, charge and keep (issue 8), against the mesh as
+`make up` starts it: `healmesh up --no-airflow` in a private HEALMESH_HOME, so its own Redis
+behind a generated password, tokens generated into 0600 files, scorers and gateway on free ports.
+The concurrent-writers test runs on the session's gateways (two processes, one Redis)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import socket
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
 
-from healmesh import logkeys, procs
+from healmesh import credentials, logkeys, procs, redis_conn
+from healmesh.settings import Settings
 
-from .conftest import TOKEN, scorer_urls, start_gateway, start_redis
+from .conftest import ROOT, TOKEN, scorer_urls, start_gateway
 from .load import run, transactions
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MB = 1024 * 1024
+PREFIX = "healmesh"  # the default key prefix: the mesh below runs on defaults
 
 
 def anonymous(n: int, seed: int) -> list[dict[str, Any]]:
     return [{k: v for k, v in tx.items() if k != "card_id"} for tx in transactions(n, seed=seed)]
 
 
-def rss_mb(server: procs.ServerProcess) -> float:
+@dataclass
+class Up:
+    """A mesh started by `healmesh up --no-airflow`, seen from outside as a user sees it."""
+
+    home: Path
+    env: dict[str, str]
+    ports: dict[str, int]
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(home=self.home, admin_token=None, labeller_token=None,
+                        **{f"{k}_port": v for k, v in self.ports.items()})
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {credentials.admin_token(self.settings)}"}
+
+    @property
+    def labeller(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {credentials.labeller_token(self.settings)}"}
+
+    def redis(self) -> redis.Redis:
+        return redis_conn.sync_client(self.settings)
+
+    def pid(self, name: str) -> int:
+        return int((self.home / "run" / f"{name}.pid").read_text())
+
+    def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "healmesh.cli", *args], cwd=ROOT, env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def up(trained, mlflow_url: str, tmp_path_factory) -> Iterator[Up]:
+    home = tmp_path_factory.mktemp("up") / "home"
+    ports = {name: procs.free_port() for name in ("gateway", "xgb", "torch", "fallback", "redis", "mlflow", "airflow")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("HEALMESH_") or k == "HEALMESH_DRIFT_REPORTS_DIR"}  # no tokens, no Redis URL
+    env.update({"HEALMESH_HOME": str(home), "MLFLOW_TRACKING_URI": mlflow_url,
+                **{f"HEALMESH_{k.upper()}_PORT": str(v) for k, v in ports.items()}})
+    mesh = Up(home, env, ports)
+    try:
+        done = mesh.cli("up", "--no-airflow")
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        yield mesh
+    finally:
+        mesh.cli("down", timeout=120)
+
+
+def rss_mb(pid: int) -> float:
     """Resident memory of a server's whole process tree (arbiter and workers)."""
-    assert server.popen is not None
-    return sum(p.memory_info().rss for p in procs.process_tree(server.popen.pid)) / MB
+    return sum(p.memory_info().rss for p in procs.process_tree(pid)) / MB
 
 
 def first_answer(port: int, head: bytes, body_prefix: bytes, timeout_s: float = 30.0) -> bytes:
@@ -46,21 +106,106 @@ def first_answer(port: int, head: bytes, body_prefix: bytes, timeout_s: float = 
             return b""
 
 
-@pytest.mark.parametrize("target,path", [("gateway", "/api/v1/admin/weights"), ("gateway", "/api/v1/feedback"),
-                                         ("xgboost", "/admin/faults")])
-def test_no_credential_is_refused_before_the_body_is_read(gateway, scorers, target, path):
-    server = gateway if target == "gateway" else scorers[target]
-    head = (f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(interval)
+
+
+# --- 1. labels need a credential; corrections are audited ------------------------------------------
+
+def label(up: Up, body: dict[str, Any], headers: dict[str, str] | None) -> httpx.Response:
+    return httpx.post(up.url("gateway") + "/api/v1/feedback", json=body, headers=headers or {}, timeout=10)
+
+
+def logged_answer(up: Up, seed: int) -> str:
+    rid = httpx.post(up.url("gateway") + "/api/v1/predict", json=anonymous(1, seed=seed)[0]).json()["request_id"]
+    r = up.redis()
+    wait_for(lambda: r.hexists(logkeys.bucket_key(PREFIX, rid), rid), timeout=10, what="the record to be logged")
+    return rid
+
+
+def test_labels_need_the_labeller_token_and_are_stored_once(up):
+    rid = logged_answer(up, seed=14)
+    # labels become training data, the gate's holdout and the canary's live AUC: not anyone's to write
+    assert label(up, {"request_id": rid, "label": 1}, None).status_code == 401
+    assert label(up, {"request_id": rid, "label": 1}, {"Authorization": "Bearer nope"}).status_code == 401
+    batch = httpx.post(up.url("gateway") + "/api/v1/feedback/batch", json=[{"request_id": rid, "label": 1}])
+    assert batch.status_code == 401
+    assert label(up, {"request_id": logkeys.new_request_id(time.time()), "label": 1}, up.labeller).status_code == 404
+    first = label(up, {"request_id": rid, "label": 1}, up.labeller)
+    assert first.status_code == 200 and first.json()["status"] == "stored"
+    again = label(up, {"request_id": rid, "label": 1}, up.admin)  # the admin token may label too
+    assert again.status_code == 200 and again.json()["status"] == "unchanged"
+    conflict = label(up, {"request_id": rid, "label": 0}, up.labeller)
+    assert conflict.status_code == 409 and "PUT /api/v1/admin/labels" in conflict.json()["detail"]
+    # the labeller token is no admin token
+    assert httpx.get(up.url("gateway") + "/api/v1/admin/state", headers=up.labeller).status_code == 401
+    r = up.redis()
+    assert r.hget(logkeys.bucket_key(PREFIX, rid), logkeys.label_field(rid)) == b"1"
+    assert [f[b"label"] for _, f in r.xrange(f"{PREFIX}:feedback") if f[b"request_id"] == rid.encode()] == [b"1"]
+
+
+def test_a_label_correction_is_an_audited_admin_action(up):
+    rid = logged_answer(up, seed=17)
+    assert label(up, {"request_id": rid, "label": 1}, up.labeller).status_code == 200
+    body = {"label": 0, "why": "chargeback reversed", "who": "disputes-team"}
+    where = f"{up.url('gateway')}/api/v1/admin/labels/{rid}"
+    assert httpx.put(where, json=body, headers=up.labeller).status_code == 401
+    fixed = httpx.put(where, json=body, headers=up.admin)
+    assert fixed.status_code == 200 and fixed.json()["status"] == "corrected", fixed.text
+    r = up.redis()
+    assert r.hget(logkeys.bucket_key(PREFIX, rid), logkeys.label_field(rid)) == b"0"
+    entry = httpx.get(up.url("gateway") + "/api/v1/admin/audit?limit=5", headers=up.admin).json()[0]
+    assert (entry["what"], entry["who"], entry["why"]) == ("label", "disputes-team", "chargeback reversed")
+    assert entry["before"] == {"request_id": rid, "label": 1} and entry["after"] == {"request_id": rid, "label": 0}
+    feedback = [f for _, f in r.xrange(f"{PREFIX}:feedback") if f[b"request_id"] == rid.encode()]
+    assert [f[b"label"] for f in feedback] == [b"1", b"0"] and feedback[1][b"correction"] == b"1"
+
+
+def expired_count(up: Up) -> float:
+    text = httpx.get(up.url("gateway") + "/metrics").text
+    return float(next(line.split()[-1] for line in text.splitlines()
+                      if line.startswith('healmesh_gateway_labels_total{result="expired"}')))
+
+
+def test_a_label_after_the_retention_is_410_and_counted(up):
+    late = logkeys.new_request_id(time.time() - 2 * 3_600)  # the default retention is an hour
+    before = expired_count(up)
+    r = label(up, {"request_id": late, "label": 1}, up.labeller)
+    assert r.status_code == 410 and "HEALMESH_LABEL_RETENTION_S" in r.json()["detail"], r.text
+    batch = httpx.post(up.url("gateway") + "/api/v1/feedback/batch", json=[{"request_id": late, "label": 0}],
+                       headers=up.labeller).json()
+    assert batch["expired"] == [late] and batch["stored"] == 0
+    assert expired_count(up) == before + 2
+
+
+# --- 2. credentials and sizes before the body -----------------------------------------------------
+
+@pytest.mark.parametrize("target,method,path", [("gateway", "PUT", "/api/v1/admin/weights"),
+                                                ("gateway", "POST", "/api/v1/feedback"),
+                                                ("xgb", "PUT", "/admin/faults")])
+def test_no_credential_is_refused_before_the_body_is_read(up, target, method, path):
+    head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             f"Content-Length: {100 * MB}\r\n\r\n").encode()
-    if path.endswith("feedback"):
-        head = head.replace(b"PUT", b"POST", 1)
-    answer = first_answer(server.port, head, b'{"weights": {"' + b"x" * 65_000)
+    answer = first_answer(up.ports[target], head, b'{"weights": {"' + b"x" * 65_000)
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
 
 
-def test_an_oversize_body_without_a_token_costs_no_memory(gateway):
-    """100 MB streamed (chunked, no length given) to an admin route with no token."""
-    before = rss_mb(gateway)
+def test_an_oversize_body_is_refused_before_it_is_read(up):
+    head = (f"POST /api/v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {100 * MB}\r\n\r\n").encode()
+    assert first_answer(up.ports["gateway"], head, b"[").startswith(b"HTTP/1.1 413")
+    head = head.replace(b"POST /api/v1/predict", b"PUT /api/v1/admin/weights").replace(
+        b"Host: 127.0.0.1", b"Host: 127.0.0.1\r\nAuthorization: " + up.admin["Authorization"].encode())
+    assert first_answer(up.ports["gateway"], head, b"{").startswith(b"HTTP/1.1 413")
+
+
+def test_a_100_mb_body_without_a_token_costs_no_memory(up):
+    """Streamed (chunked: no length to refuse it by) to an admin route with no token."""
+    pid = up.pid("gateway")
+    before = rss_mb(pid)
     chunk = b"x" * MB
 
     def body():
@@ -69,16 +214,83 @@ def test_an_oversize_body_without_a_token_costs_no_memory(gateway):
             yield chunk
 
     try:
-        r = httpx.put(gateway.url + "/api/v1/admin/weights", content=body(), timeout=60,
-                      headers={"content-type": "application/json"})
-        status = r.status_code
-    except httpx.HTTPError:  # the server answered and closed while we were still sending: also refused
+        status = httpx.put(up.url("gateway") + "/api/v1/admin/weights", content=body(), timeout=60,
+                           headers={"content-type": "application/json"}).status_code
+    except httpx.HTTPError:  # answered and closed while we were still sending: refused all the same
         status = 401
-    after = rss_mb(gateway)
+    after = rss_mb(pid)
     print(f"\ngateway RSS before/after a 100 MB unauthenticated body: {before:.0f} / {after:.0f} MB")
     assert status == 401
     assert after - before < 50, (before, after)
 
+
+# --- 3. bad input: 4xx naming the field, nothing changed ------------------------------------------
+
+def test_bad_input_gets_a_clear_4xx_and_changes_nothing(up):
+    url = up.url("gateway")
+    good = anonymous(1, seed=13)[0]
+    r = up.redis()
+    time.sleep(0.5)  # what earlier tests answered is written (the writer flushes every 20 ms)
+    logged = r.xlen(f"{PREFIX}:features")
+    post = lambda body, ct="application/json": httpx.post(url + "/api/v1/predict", content=body,  # noqa: E731
+                                                          headers={"content-type": ct})
+    assert post(b"[" * 5_000).status_code == 400  # was a 500 (RecursionError)
+    assert post(json.dumps(good), "text/plain").status_code == 415  # any web page can post text/plain
+    dup = post(json.dumps(good)[:-1] + ', "amount": 1.0}')
+    assert dup.status_code == 422 and dup.json()["detail"][0]["field"] == "amount"
+    assert post(json.dumps(good).replace('"hour": ', '"hour": NaN, "x": ', 1)).status_code == 400
+    for bad in (True, 1.0, "1", 7):  # a label is the integer 0 or 1, nothing that looks like one
+        resp = label(up, {"request_id": logkeys.new_request_id(time.time()), "label": bad}, up.labeller)
+        assert resp.status_code == 422 and resp.json()["detail"][0]["field"] == "label", (bad, resp.text)
+    resp = label(up, {"request_id": "../../x", "label": 1}, up.labeller)
+    assert resp.json()["detail"][0]["field"] == "request_id"
+
+    def admin(method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        return httpx.request(method, f"{url}/api/v1/admin{path}", json=body, headers=up.admin, timeout=30)
+
+    version = admin("GET", "/state").json()["control"]["version"]
+    huge = admin("PUT", "/weights", {"weights": {"xgboost_stable": 1e308, "pytorch": 1e308}, "why": "x"})
+    assert huge.status_code == 422 and huge.json()["detail"][0]["field"] == "weights.xgboost_stable", huge.text
+    cases = [({"stage": 43, "canary_version": "1"}, 422, "stage"),
+             ({"stage": 10, "canary_version": "A]@"}, 422, "canary_version"),
+             ({"stage": 10, "canary_version": "999"}, 422, "canary_version"),  # not in the registry
+             ({"stage": 10}, 422, "canary_version"),
+             ({"stage": 10, "canary_version": "1", "status": "promoted"}, 422, "stage"),
+             ({"stage": 10, "canary_version": "1"}, 409, None)]  # registered, but the canary slot is empty
+    for body, status, field in cases:
+        resp = admin("PUT", "/rollout", {"why": "fuzz", **body})
+        assert resp.status_code == status, (body, resp.text)
+        if field:
+            assert resp.json()["detail"][0]["field"] == field, resp.text
+    shadow = admin("PUT", "/shadow", {"enabled": True, "target": "xgboost_canary", "why": "fuzz"})
+    assert shadow.status_code == 409, shadow.text
+    assert admin("GET", "/state").json()["control"]["version"] == version  # nothing refused was written
+    assert r.xlen(f"{PREFIX}:features") == logged  # and no refused prediction was logged
+
+
+def test_a_rollout_stage_needs_the_canary_slot_to_serve_its_version(up, settings):
+    from healmesh import registry
+
+    url, name = up.url("gateway"), settings.xgb_registered_name
+    try:
+        registry.set_alias(settings, name, "challenger", "1")
+        slots = httpx.post(up.url("xgb") + "/admin/reload", headers=up.admin).json()["slots"]
+        assert slots["canary"]["version"] == "1"
+        r = httpx.put(url + "/api/v1/admin/rollout", headers=up.admin,
+                      json={"stage": 10, "canary_version": "1", "why": "canary of v1"})
+        assert r.status_code == 200, r.text
+        assert r.json()["weights"]["xgboost_canary"] == pytest.approx(0.08)
+        stale = httpx.put(url + "/api/v1/admin/rollout", headers=up.admin,
+                          json={"stage": 50, "canary_version": "1", "why": "x", "expected_version": 0})
+        assert stale.status_code == 409  # a compare-and-set on an old version is refused
+    finally:
+        httpx.put(url + "/api/v1/admin/rollout", headers=up.admin, json={"stage": 0, "status": "rolled_back",
+                                                                        "why": "restore"})
+        registry.delete_alias(settings, name, "challenger")
+        httpx.post(up.url("xgb") + "/admin/reload", headers=up.admin)
+
+
+# --- 4. a breaker is charged once per upstream call -----------------------------------------------
 
 def longest_failure_run(seed: int, rate: float, draws: int) -> int:
     rng, run_, longest = random.Random(seed), 0, 0
@@ -88,29 +300,66 @@ def longest_failure_run(seed: int, rate: float, draws: int) -> int:
     return longest
 
 
-def test_five_percent_failed_calls_do_not_open_the_breaker(gateway, scorers):
-    """The scorer fails 5 % of its calls, never 5 in a row (its seeded fault sequence says so), so
-    the breaker must stay closed. Charged per request a coalesced call carried, it opened on the
-    second failed call."""
-    url, xgb, seed = gateway.url, scorers["xgboost"].url, 7
+def test_five_percent_failed_calls_do_not_open_the_breaker(up):
+    """The XGBoost scorer fails 5 % of its calls but never 5 in a row (its seeded fault sequence
+    says so): its breaker must stay closed. Charged once per request a coalesced call carried, it
+    opened on the second failed call at 64 clients."""
+    url, xgb, seed = up.url("gateway"), up.url("xgb"), 7
     assert longest_failure_run(seed, 0.05, 50_000) < 5
-    opened_before = [t for t in httpx.get(url + "/api/v1/admin/state", headers=AUTH).json()["transitions"]
-                     if t["upstream"] == "xgboost_stable" and t["to"] == "open"]
-    assert httpx.put(xgb + "/admin/faults", headers=AUTH,
+
+    def opened() -> list[dict[str, Any]]:
+        st = httpx.get(url + "/api/v1/admin/state", headers=up.admin).json()
+        return [t for t in st["transitions"] if t["upstream"] == "xgboost_stable" and t["to"] == "open"]
+
+    before = opened()
+    assert httpx.put(xgb + "/admin/faults", headers=up.admin,
                      json={"error_rate": 0.05, "seed": seed, "slot": "stable"}).status_code == 200
     try:
         replies = run(url + "/api/v1/predict", anonymous(3_000, seed=21), concurrency=64)
-        injected = httpx.get(xgb + "/admin/state", headers=AUTH).json()["faults"]["injected_errors"]
+        injected = httpx.get(xgb + "/admin/state", headers=up.admin).json()["faults"]["injected_errors"]
     finally:
-        httpx.delete(xgb + "/admin/faults", headers=AUTH)
+        httpx.delete(xgb + "/admin/faults", headers=up.admin)
+    after = opened()
+    state = httpx.get(url + "/api/v1/admin/state", headers=up.admin).json()["breakers"]["xgboost_stable"]["state"]
+    print(f"\n{injected} failed scorer calls injected at 64 clients; xgboost_stable breaker {state}, "
+          f"opened {len(after) - len(before)} times")
     assert {r.status for r in replies} == {200}
-    st = httpx.get(url + "/api/v1/admin/state", headers=AUTH).json()
-    opened = [t for t in st["transitions"] if t["upstream"] == "xgboost_stable" and t["to"] == "open"]
-    print(f"\n{injected} failed calls injected; xgboost_stable breaker {st['breakers']['xgboost_stable']['state']}, "
-          f"opened {len(opened) - len(opened_before)} times")
     assert injected > 0
-    assert opened == opened_before, opened[len(opened_before):]
+    assert after == before, after[len(before):]
 
+
+# --- 9. nothing accepted is lost at shutdown -------------------------------------------------------
+
+def test_records_accepted_while_redis_is_down_survive_a_gateway_shutdown(up):
+    """Redis stopped, 1,000 predictions, the gateway SIGTERMed, then `healmesh up` again (it
+    starts what is not running: Redis and the gateway): all 1,000 are in the stream, once each."""
+    url = up.url("gateway")
+    procs.terminate_tree(up.pid("redis"), timeout=10)  # SIGTERM: Redis writes its append-only file
+    replies = run(url + "/api/v1/predict", anonymous(1_000, seed=31), concurrency=16)
+    assert {r.status for r in replies} == {200}
+    answered = {r.body["request_id"] for r in replies}
+    feature_log = httpx.get(url + "/api/v1/admin/state", headers=up.admin).json()["feature_log"]
+    assert feature_log["dropped"] == 0 and not feature_log["redis_up"]
+    procs.terminate_tree(up.pid("gateway"), timeout=30)  # SIGTERM: what is not in Redis goes to the spool
+    done = up.cli("up", "--no-airflow")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    r = up.redis()
+
+    def logged() -> list[str]:
+        return [f[b"request_id"].decode() for _, f in r.xrange(f"{PREFIX}:features")
+                if f[b"request_id"].decode() in answered]
+
+    wait_for(lambda: len(logged()) >= 1_000, timeout=60, what="the spool to be replayed")
+    ids = logged()
+    print(f"\nafter the restart: {len(set(ids))} of {len(answered)} records in the stream, {len(ids)} entries")
+    assert len(ids) == 1_000 and set(ids) == answered  # all of them, each once
+    after = httpx.get(url + "/api/v1/admin/state", headers=up.admin).json()["feature_log"]
+    assert after["replayed"] == 1_000 and after["dropped"] == 0
+    rid = next(iter(answered))  # and each can still be labelled: its minute hash came back with it
+    assert label(up, {"request_id": rid, "label": 0}, up.labeller).json()["status"] == "stored"
+
+
+# --- 5. control changes are compare-and-set -------------------------------------------------------
 
 def test_concurrent_control_writers_lose_no_update(gateway, scorers, redis_srv, session_dir, settings):
     """1,000 changes (weights, shadow, rollout stages) from 32 concurrent clients through two
@@ -184,36 +433,3 @@ def test_concurrent_control_writers_lose_no_update(gateway, scorers, redis_srv, 
     assert accepted >= 900  # contention is resolved by retrying, not by refusing most writers
 
 
-def test_records_accepted_while_redis_is_down_survive_a_gateway_shutdown(scorers, session_dir):
-    """Redis stopped, 1,000 predictions, the gateway SIGTERMed, Redis and the gateway restarted:
-    all 1,000 are in the stream, once each."""
-    store = start_redis(session_dir, persist=True)
-    prefix = "hm-spool"
-    gw = start_gateway(session_dir, store.port, scorer_urls(scorers), tag="spool", HEALMESH_KEY_PREFIX=prefix)
-    try:
-        store.stop()
-        replies = run(gw.url + "/api/v1/predict", anonymous(1_000, seed=31), concurrency=16)
-        assert {r.status for r in replies} == {200}
-        answered = {r.body["request_id"] for r in replies}
-        state = httpx.get(gw.url + "/api/v1/admin/state", headers=AUTH).json()["feature_log"]
-        assert state["dropped"] == 0 and not state["redis_up"]
-        gw.stop()  # SIGTERM: what is not in Redis goes to the spool
-        store.start()
-        store.wait_ready(timeout=20)
-        gw.start()
-        gw.wait_ready(timeout=120)
-        client = redis.Redis(port=store.port)
-        deadline = time.monotonic() + 60
-        while client.xlen(f"{prefix}:features") < 1_000 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        logged = [f[b"request_id"].decode() for _, f in client.xrange(f"{prefix}:features")]
-        print(f"\nafter the restart: {len(logged)} of {len(answered)} records in the stream")
-        assert len(logged) == 1_000 and set(logged) == answered
-        feature_log = httpx.get(gw.url + "/api/v1/admin/state", headers=AUTH).json()["feature_log"]
-        assert feature_log["replayed"] == 1_000 and feature_log["dropped"] == 0
-        # and each can still be labelled: its minute hash came with it
-        rid = next(iter(answered))
-        assert client.hget(logkeys.bucket_key(prefix, rid), rid) == b"1"
-    finally:
-        gw.stop()
-        store.stop()
