@@ -25,7 +25,7 @@ API_ROUTES = ["/api/v1/predict", "/api/v1/feedback"]
     workers=S.gateway_workers,
     traffic={"timeout": 30},
     logging={"access": {"enabled": S.gateway_access_log}},
-    # the gateway answers (degraded if it must) with every scorer down: it stays ready
+    # readiness is the gateway's own (model variants answer), not BentoML's probe of its dependencies
     runner_probe={"enabled": False},
     **({} if S.gateway_tracing else {"tracing": {"excluded_urls": API_ROUTES}}),
 )
@@ -54,7 +54,13 @@ class Gateway:
     async def _stop(self) -> None:
         await self.core.stop()
 
-    def __is_ready__(self) -> bool:
+    async def __is_ready__(self) -> bool:
+        """Ready when the model variants answer (healmesh.policies.readiness); else 503 with why."""
+        verdict = self.core.readiness()
+        if not verdict.ready:
+            from starlette.exceptions import HTTPException
+
+            raise HTTPException(503, detail=verdict.reason)
         return True
 
 

@@ -88,6 +88,18 @@ def feature(name: str) -> Feature:
 # --- request model ---------------------------------------------------------------------------
 
 
+def example_row() -> dict[str, Any]:
+    """One valid transaction (the low end of every range, the first category): what a warm-up or
+    a readiness check sends through a model."""
+    row: dict[str, Any] = {}
+    for f in FEATURES:
+        if isinstance(f, CategoricalFeature):
+            row[f.name] = f.categories[0]
+        else:
+            row[f.name] = int(f.min) if f.integer else float(f.min)
+    return row
+
+
 def _field_type(f: Feature) -> Any:
     if isinstance(f, CategoricalFeature):
         return Annotated[Literal[f.categories], Field(description=f"{f.description}; one of {', '.join(f.categories)}")]  # type: ignore[valid-type]

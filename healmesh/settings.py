@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     breaker_ramp: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     breaker_ramp_step_s: float = Field(default=2.0, gt=0)
     probe_interval_s: float = Field(default=1.0, gt=0)
+    # The gateway is ready once every weighted model variant answered a test prediction, or, after
+    # this long, once one does (a scorer that never starts must not keep the mesh out of service).
+    ready_grace_s: float = Field(default=60.0, ge=0)
     retry_budget_ratio: float = Field(default=0.2, ge=0, le=1)
     retry_budget_window_s: int = Field(default=10, ge=1)
     retry_budget_min: int = Field(default=10, ge=0)

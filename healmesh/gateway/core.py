@@ -31,7 +31,7 @@ from healmesh.gateway.upstreams import (
     admin_slots,
     probe_ready,
 )
-from healmesh.policies import routing
+from healmesh.policies import readiness, routing
 from healmesh.policies.breaker import BreakerConfig, CircuitBreaker, Transition
 from healmesh.policies.retry_budget import RetryBudget, RetryBudgetConfig
 from healmesh.serving.scorer import freeze_heap
@@ -46,6 +46,7 @@ PROCESS_ROUTES: dict[str, tuple[tuple[str, str], ...]] = {
     "fallback": ((routing.FALLBACK, "/predict"),),
 }
 MIN_ATTEMPT_S = 0.005
+WARM_UP_TIMEOUT_S = 10.0  # a readiness check's prediction: a process that just started may be slow
 LOG_STATES = ("written", "dropped", "spilled", "replayed")  # feature-log record fates exported as counters
 
 
@@ -105,6 +106,11 @@ class GatewayCore:
         self._rollout_labels: tuple[str, str] | None = None
         self._counted: dict[str, int] = {}  # feature-log stats already exported
         self._rng = random.Random()
+        # variant -> None when it answered a test prediction since its process was last seen up
+        self.answering: dict[str, str | None] = {}
+        self._example = json.dumps({"rows": [schema.example_row()]}).encode()
+        self._started = time.monotonic()
+        self._was_ready = False
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -184,12 +190,35 @@ class GatewayCore:
 
     async def _probe_loop(self) -> None:
         while True:
+            await self.probe_once()
             await asyncio.sleep(self.s.probe_interval_s)
-            results = await asyncio.gather(*(probe_ready(c, timeout_s=min(1.0, self.s.probe_interval_s))
-                                             for c in self.clients.values()))
-            for (proc, _), ok in zip(self.clients.items(), results, strict=True):
-                for name, _route in PROCESS_ROUTES[proc]:
-                    self.breakers[name].record_probe(ok)
+
+    async def probe_once(self) -> None:
+        """``/readyz`` of every scorer process feeds its breakers; a weighted variant whose
+        process is (back) up must also answer one real prediction before it counts as answering
+        (the first calls to a process that just started are the slow ones)."""
+        results = await asyncio.gather(*(probe_ready(c, timeout_s=min(1.0, self.s.probe_interval_s))
+                                         for c in self.clients.values()))
+        warm: list[str] = []
+        for (proc, _), ok in zip(self.clients.items(), results, strict=True):
+            for name, _route in PROCESS_ROUTES[proc]:
+                self.breakers[name].record_probe(ok)
+                if not ok:
+                    self.answering[name] = f"{proc} /readyz does not answer 200"
+                elif self.answering.get(name, "") is not None and self.state.weights.get(name) > 0:
+                    warm.append(name)
+        await asyncio.gather(*(self._warm_up(name) for name in warm))
+
+    async def _warm_up(self, name: str) -> None:
+        result = await self.upstreams[name].predict(self._example, 1, WARM_UP_TIMEOUT_S)
+        self.answering[name] = None if result.outcome is Outcome.OK else \
+            f"a test prediction gave {result.outcome.value} {result.detail[:80]}".strip()
+
+    def readiness(self) -> readiness.Verdict:
+        verdict = readiness.decide(self.state.weights.as_dict(), self.answering, started_at=self._started,
+                                   now=time.monotonic(), grace_s=self.s.ready_grace_s, was_ready=self._was_ready)
+        self._was_ready = self._was_ready or verdict.ready
+        return verdict
 
     async def scorer_slots(self, proc: str) -> dict[str, Any] | None:
         """What a model scorer's slots serve now (its admin API); None when it does not answer."""

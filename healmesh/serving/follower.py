@@ -81,7 +81,7 @@ class AliasFollower:
             return
         if current is not None and current.source == "mlflow" and current.version == version:
             return
-        loaded = self._reuse(version) or self._load(version)
+        loaded = self._reuse(version) or self._load(version).warm_up()
         self.slots.put(slot, loaded)
         log.info("%s: %s slot now serves version %s", self.registered_name, slot, version)
 
@@ -104,7 +104,7 @@ class AliasFollower:
             self.status.last_error = f"built-in model: {type(exc).__name__}: {exc}"
             return
         if builtin is not None:
-            self.slots.put("stable", builtin)
+            self.slots.put("stable", builtin.warm_up())
             log.info("%s: serving the built-in model %s", self.registered_name, builtin.version)
 
     # --- background loop ------------------------------------------------------------------

@@ -27,6 +27,14 @@ class LoadedModel:
     def threshold(self) -> float:
         return float(self.bundle.meta.threshold)
 
+    def warm_up(self) -> LoadedModel:
+        """One prediction before the model serves: its first call (lazy initialisation in the
+        framework) is then not a client's."""
+        from healmesh.schema import example_row
+
+        self.bundle.predict_records([example_row()])
+        return self
+
     def describe(self) -> dict[str, Any]:
         return {"model": self.model, "version": self.version, "source": self.source,
                 "threshold": self.threshold, "loaded_at": self.loaded_at,
@@ -38,6 +46,9 @@ class ModelSlots:
         self._slots: dict[SlotName, LoadedModel | None] = {"stable": None, "canary": None}
         self._lock = threading.Lock()
         self.swaps: dict[SlotName, int] = {"stable": 0, "canary": 0}
+        # when each slot last changed (wall clock, after the swap): a request sent later is served by
+        # the new model, whatever batch it joins
+        self.changed_at: dict[SlotName, float | None] = {"stable": None, "canary": None}
 
     def get(self, slot: SlotName) -> LoadedModel | None:
         return self._slots[slot]
@@ -47,8 +58,10 @@ class ModelSlots:
         with self._lock:
             old = self._slots[slot]
             self._slots[slot] = model
+            self.changed_at[slot] = time.time()
             self.swaps[slot] += 1
             return old
 
     def describe(self) -> dict[str, Any]:
-        return {name: (m.describe() if (m := self._slots[name]) else None) for name in SLOTS}
+        return {name: ({**m.describe(), "since": self.changed_at[name]} if (m := self._slots[name]) else None)
+                for name in SLOTS}

@@ -23,6 +23,7 @@ class Reply:
     latency: float
     index: int = -1  # position of the request body in the input
     headers: dict[str, str] | None = None
+    sent_after: float = 0.0  # wall clock just before the request was sent (comparable with a server's)
 
 
 def transactions(n: int, seed: int = 0, drift: DriftSpec | None = None) -> list[dict[str, Any]]:
@@ -46,12 +47,12 @@ async def hammer(url: str, bodies: Sequence[Any], concurrency: int, timeout: flo
                     index, body = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                t0 = time.perf_counter()
+                t0, wall = time.perf_counter(), time.time()
                 try:
                     r = await client.post(url, json=body)
                     content = r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
                     replies.append(Reply(r.status_code, content, t0, time.perf_counter() - t0, index,
-                                         dict(r.headers)))
+                                         dict(r.headers), wall))
                 except httpx.HTTPError as exc:
                     replies.append(Reply(0, repr(exc), t0, time.perf_counter() - t0, index))
 
