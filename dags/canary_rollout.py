@@ -3,17 +3,29 @@
 
 Rolls the `challenger` out as a canary of the XGBoost scorer: its canary slot loads the
 version, then stages (`HEALMESH_CANARY_STAGES`, default 10 % -> 50 % -> 100 % of the XGBoost
-share). Each stage holds for the analysis interval, needs a minimum number of canary calls,
-and compares canary with stable on error rate and p95 latency (the gateway's metrics) and,
-where enough labels exist, live AUC. Any failed check fails the stage at once, and a stage
-with too little data by its deadline fails too: **rollback** then sets the canary weight to
-0, removes `challenger` and leaves the champion untouched. All stages passed: **promote**
-moves `champion` to the new version (the old one stays registered: `healmesh rollback`).
+share). Each stage holds for the analysis interval, needs enough canary calls for every check,
+and compares canary with stable on error rate and p95 latency (the gateway's metrics, across
+gateway restarts) and, where enough labels exist, live AUC. Any failed check fails the stage at
+once, and a stage with too little data by its deadline fails too.
 
-Started by the `healmesh://challenger` asset (retrain) or by hand (`version` param).
+One rollout at a time: **prepare** takes the rollout lease (Redis), every stage check extends
+it and checks that the scorer's canary slot still serves the version under test; a retrain waits
+for the lease before it moves `challenger`; `healmesh rollout abort --why ...` breaks it.
+
+All stages passed: **promote** moves `champion` to the new version (retried with backoff; the old
+version stays registered: `healmesh rollback`). Anything failed (preparation, a stage, or promote
+after its retries): **rollback** (retried too) first puts the mesh back on the champion through
+the gateway (canary 0 %, status `rolled_back`, or `failed` when the promotion failed), then
+removes `challenger` and restores `champion` if a failed promotion moved it. **outcome** fails
+the run unless the version was promoted.
+
+Started by the `healmesh://challenger` asset (retrain; the event names the version) or by hand
+(`version` param).
 """
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
@@ -23,12 +35,16 @@ from healmesh.lifecycle.airflow_tasks import CHALLENGER_ASSET
 
 CHALLENGER = Asset(CHALLENGER_ASSET)
 
-try:  # the stages are configuration (environment only): cheap at parse time
-    from healmesh.lifecycle.airflow_tasks import canary_stages
+try:  # configuration from the environment only: cheap at parse time
+    from healmesh.lifecycle.airflow_tasks import rollout_settings
 
-    STAGES = canary_stages()
+    CONF = rollout_settings()
 except Exception:  # noqa: BLE001 - a parse must never fail on configuration
-    STAGES = (10, 50, 100)
+    CONF = {"stages": (10, 50, 100), "promote_retries": 3, "rollback_retries": 5, "retry_delay_s": 30.0,
+            "retry_max_delay_s": 600.0}
+# exponential backoff (x2 per try, capped) for the steps that talk to MLflow at the end
+RETRY = {"retry_delay": timedelta(seconds=CONF["retry_delay_s"]), "retry_exponential_backoff": 2.0,
+         "max_retry_delay": timedelta(seconds=CONF["retry_max_delay_s"])}
 
 
 @dag(
@@ -43,54 +59,72 @@ except Exception:  # noqa: BLE001 - a parse must never fail on configuration
 )
 def canary_rollout():
     @task
-    def prepare(params: dict | None = None) -> str:
-        """Load the challenger into the XGBoost scorer's canary slot."""
+    def prepare(params: dict | None = None, triggering_asset_events=None, run_id=None) -> dict:
+        """Take the rollout lease and load the version into the XGBoost scorer's canary slot."""
         from healmesh.lifecycle.airflow_tasks import rollout_prepare
         from healmesh.lifecycle.rollout import RolloutFailed
 
         try:
-            return rollout_prepare(params or {})["version"]
+            return rollout_prepare(params or {}, triggering_asset_events, run_id)
         except RolloutFailed as exc:
             raise AirflowFailException(str(exc)) from exc
 
     def stage_task(percent: int):
         @task(task_id=f"stage_{percent}")
-        def stage(version: str) -> dict:
+        def stage(prepared: dict, run_id=None) -> dict:
             """Hold the stage and analyse canary against stable; fail at the first bad check."""
             from healmesh.lifecycle.airflow_tasks import rollout_stage
             from healmesh.lifecycle.rollout import RolloutFailed
 
             try:
-                return rollout_stage(version, percent)
+                return rollout_stage(prepared, percent, run_id)
             except RolloutFailed as exc:
                 raise AirflowFailException(str(exc)) from exc
 
         return stage
 
-    @task
-    def promote(version: str) -> dict:
+    @task(retries=CONF["promote_retries"], **RETRY)
+    def promote(prepared: dict, run_id=None, ti=None) -> dict:
         """Every stage passed: the challenger becomes the champion."""
         from healmesh.lifecycle.airflow_tasks import rollout_promote
+        from healmesh.lifecycle.rollout import LeaseLost
 
-        return rollout_promote(version)
+        try:
+            return rollout_promote(prepared, run_id, ti.try_number)
+        except LeaseLost as exc:  # aborted: retrying cannot help
+            raise AirflowFailException(str(exc)) from exc
 
-    @task(trigger_rule="one_failed")
-    def rollback(params: dict | None = None, ti=None) -> dict:
-        """A stage (or the preparation) failed: canary to 0 %, challenger removed, champion untouched."""
+    @task(trigger_rule="one_failed", retries=CONF["rollback_retries"], **RETRY)
+    def rollback(params: dict | None = None, triggering_asset_events=None, run_id=None, ti=None) -> dict:
+        """Something upstream failed: the mesh back on the champion first, then the registry."""
         from healmesh.lifecycle.airflow_tasks import rollout_rollback
 
-        return rollout_rollback(ti.xcom_pull(task_ids="prepare") or (params or {}).get("version"))
+        return rollout_rollback(ti.xcom_pull(task_ids="prepare"), params or {}, triggering_asset_events, run_id)
 
-    version = prepare()
-    previous = version
+    @task(trigger_rule="all_done")
+    def outcome(ti=None) -> dict:
+        """Fail the run unless the version was promoted."""
+        from healmesh.lifecycle.airflow_tasks import rollout_outcome
+        from healmesh.lifecycle.rollout import RolloutFailed
+
+        try:
+            return rollout_outcome(ti.xcom_pull(task_ids="promote"), ti.xcom_pull(task_ids="rollback"))
+        except RolloutFailed as exc:
+            raise AirflowFailException(str(exc)) from exc
+
+    prepared = prepare()
+    previous = prepared
     stages = []
-    for percent in STAGES:
-        current = stage_task(percent)(version)
+    for percent in CONF["stages"]:
+        current = stage_task(percent)(prepared)
         previous >> current
         previous = current
         stages.append(current)
-    previous >> promote(version)
-    [version, *stages] >> rollback()
+    promoted = promote(prepared)
+    previous >> promoted
+    ended = rollback()
+    [prepared, *stages, promoted] >> ended
+    [promoted, ended] >> outcome()
 
 
 canary_rollout()

@@ -152,6 +152,25 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollout_abort(args: argparse.Namespace) -> int:
+    import getpass
+
+    from healmesh.credentials import admin_token
+    from healmesh.lifecycle.airflow_tasks import _redis
+    from healmesh.lifecycle.mesh import MeshClient
+    from healmesh.lifecycle.rollout import RolloutFailed, abort
+    from healmesh.settings import get_settings
+
+    settings, who = get_settings(), f"cli:{getpass.getuser()}"
+    try:
+        out = abort(settings, MeshClient(settings, admin_token(settings), actor=who), _redis(), args.why, who)
+    except RolloutFailed as exc:
+        print(f"healmesh rollout abort: {exc}", file=sys.stderr)
+        return 2
+    print(f"rollout of v{out['rolled_back']} aborted and rolled back; champion v{out['champion']}")
+    return 0
+
+
 def cmd_demo_all(args: argparse.Namespace) -> int:
     from healmesh import narrated_demo
 
@@ -201,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollback", help="move `champion` back to the previous version")
     p.add_argument("--to", help="a version number (default: the previous champion)")
     p.set_defaults(func=cmd_rollback)
+    rollout = sub.add_parser("rollout", help="the running canary rollout").add_subparsers(dest="rollout", required=True)
+    p = rollout.add_parser("abort", help="roll the running rollout back now and free the rollout lease")
+    p.add_argument("--why", required=True, help="the reason, recorded in the event, the audit trail and the rollout note")
+    p.set_defaults(func=cmd_rollout_abort)
     demo_parser = sub.add_parser("demo", help="the narrated demo (or `demo drift`) on a running `make up`")
     demo_parser.add_argument("--out", help="results folder (default results/demo-<UTC time>)")
     demo_parser.add_argument("--steady", type=float, default=20.0, help="seconds of steady traffic first")

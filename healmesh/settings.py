@@ -174,6 +174,20 @@ class Settings(BaseSettings):
     canary_min_quality_labels: int = Field(default=200, ge=10)
     canary_min_quality_positives: int = Field(default=5, ge=1)
     canary_max_auc_drop: float = Field(default=0.03, ge=0)
+    # One rollout at a time: the running rollout holds a lease in Redis, extended by every stage
+    # check and by each promote/rollback try; it must outlast the longest retry delay below.
+    rollout_lease_ttl_s: float = Field(default=900.0, gt=0)
+    # promote and rollback retry with exponential backoff (delay x2 per try, capped); a promote
+    # that still fails ends the rollout `failed` with the mesh back on the champion
+    rollout_promote_retries: int = Field(default=3, ge=0)
+    rollout_rollback_retries: int = Field(default=5, ge=0)
+    rollout_retry_delay_s: float = Field(default=30.0, gt=0)
+    rollout_retry_max_delay_s: float = Field(default=600.0, gt=0)
+    # A retrained candidate that passed the gate waits this long for a running rollout to end
+    # before it becomes the challenger (checking every challenger_poke_s); then it stays
+    # registered without the alias.
+    challenger_wait_s: float = Field(default=3600.0, gt=0)
+    challenger_poke_s: float = Field(default=15.0, gt=0)
     mlflow_port: int = 5000
     # backend store of the MLflow server `make up` starts (default: SQLite under home)
     mlflow_backend_uri: str | None = None

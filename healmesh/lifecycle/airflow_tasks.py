@@ -36,6 +36,7 @@ def drift_check(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def retrain(params: dict[str, Any], triggering_events: dict[Any, Any] | None) -> dict[str, Any]:
+    from healmesh.lifecycle.report_ids import check_report_id
     from healmesh.lifecycle.retrain import run_retrain
 
     check_id = params.get("drift_check_id")
@@ -44,38 +45,108 @@ def retrain(params: dict[str, Any], triggering_events: dict[Any, Any] | None) ->
         for event in asset_events:
             check_id = check_id or (event.extra or {}).get("check_id")
             trigger = "drift"
+    if check_id is not None:  # an asset event's extra bypasses the Param's pattern
+        check_report_id(check_id)
     return run_retrain(get_settings(), _redis(), trigger=params.get("trigger") or trigger, drift_check_id=check_id,
                        window_records=params.get("window_records"), seed=int(params.get("seed") or 0))
 
 
-def rollout_prepare(params: dict[str, Any]) -> dict[str, Any]:
+def offer_challenger(result: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """One poke of the retrain DAG's sensor: the candidate becomes the challenger once no rollout
+    holds the lease."""
+    import time
+
+    from healmesh.lifecycle.retrain import offer_challenger as offer
+
+    now = time.time()
+    return offer(get_settings(), _redis(), result["version"], holder=f"retrain/{run_id}",
+                 waited_s=now - float(result.get("registered_at") or now), now=now)
+
+
+def rollout_holder(run_id: str) -> str:
+    """Every task of one canary_rollout run acts as this lease holder."""
+    return f"canary_rollout/{run_id}"
+
+
+def _announced_version(triggering_events: dict[Any, Any] | None) -> str | None:
+    version = None
+    for asset_events in (triggering_events or {}).values():
+        for event in asset_events:
+            version = (event.extra or {}).get("version") or version
+    return str(version) if version is not None else None
+
+
+def rollout_prepare(params: dict[str, Any], triggering_events: dict[Any, Any] | None, run_id: str) -> dict[str, Any]:
     from healmesh.lifecycle.rollout import prepare
 
-    return prepare(get_settings(), _mesh(), _redis(), params.get("version"))
+    return prepare(get_settings(), _mesh(), _redis(), holder=rollout_holder(run_id), version=params.get("version"),
+                   event_version=_announced_version(triggering_events))
 
 
-def rollout_stage(version: str, stage: int) -> dict[str, Any]:
+def rollout_stage(prepared: dict[str, Any], stage: int, run_id: str) -> dict[str, Any]:
     from healmesh.lifecycle.rollout import run_stage
 
-    return run_stage(get_settings(), _mesh(), _redis(), version, stage)
+    return run_stage(get_settings(), _mesh(), _redis(), prepared["version"], stage, holder=rollout_holder(run_id))
 
 
-def rollout_promote(version: str) -> dict[str, Any]:
-    from healmesh.lifecycle.rollout import promote
+def rollout_promote(prepared: dict[str, Any], run_id: str, attempt: int) -> dict[str, Any]:
+    from healmesh.lifecycle.rollout import LeaseLost, promote, record_promote_failure
 
-    return promote(get_settings(), _mesh(), _redis(), version)
+    settings, redis, holder = get_settings(), _redis(), rollout_holder(run_id)
+    try:
+        return promote(settings, _mesh(), redis, prepared["version"], holder=holder, previous=prepared.get("champion"))
+    except LeaseLost:
+        raise
+    except Exception as exc:  # recorded for the rollback's reason, then retried by Airflow
+        record_promote_failure(settings, redis, prepared["version"], holder, attempt, exc)
+        raise
 
 
-def rollout_rollback(version: str | None) -> dict[str, Any]:
-    """Roll back, giving the reason the failed stage recorded (or that preparation failed)."""
+def rollout_rollback(prepared: dict[str, Any] | None, params: dict[str, Any],
+                     triggering_events: dict[Any, Any] | None, run_id: str) -> dict[str, Any]:
+    """End a rollout that did not promote, as ``rollout_policy.rollback_plan`` decides from this
+    run's events: rolled back (with the failed stage's reason), failed (promotion), or left alone."""
     from healmesh.lifecycle import events
+    from healmesh.lifecycle.lease import LeaseStore
     from healmesh.lifecycle.rollout import rollback
+    from healmesh.lifecycle.rollout_policy import rollback_plan
 
-    settings, redis = get_settings(), _redis()
-    failed = [e for e in events.recent(redis, settings.key_prefix, 20)
-              if e["kind"] == "stage_failed" and e["data"].get("version") == version]
-    reason = failed[0]["message"] if failed else "the rollout could not start (see the prepare task)"
-    return rollback(settings, _mesh(), redis, version, reason)
+    settings, redis, holder = get_settings(), _redis(), rollout_holder(run_id)
+    version = (prepared or {}).get("version") or params.get("version") or _announced_version(triggering_events)
+    plan = rollback_plan(holder, LeaseStore(redis, settings.key_prefix).current(),
+                         events.for_rollout(redis, settings.key_prefix, holder))
+    status = plan.action.status
+    if status is None:  # RollbackAction.LEAVE: the mesh belongs to the rollout holding the lease
+        events.record(redis, settings.key_prefix, "rollout_refused", f"v{version} not rolled out: {plan.reason}",
+                      version=version, rollout=holder)
+        return {"rolled_back": None, "status": None, "reason": plan.reason}
+    return rollback(settings, _mesh(), redis, version, plan.reason, status=status, holder=holder,
+                    previous_champion=(prepared or {}).get("champion"))
+
+
+def rollout_outcome(promoted: dict[str, Any] | None, ended: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's verdict (its last task): a rollout that did not promote fails the run, whatever the
+    rollback did, so the run's state says what happened to the version."""
+    from healmesh.lifecycle.rollout import RolloutFailed
+
+    if promoted:
+        return promoted
+    if ended:
+        raise RolloutFailed(f"not promoted ({ended.get('status') or 'left alone'}): {ended.get('reason')}")
+    raise RolloutFailed("not promoted, and the rollback did not finish: see the rollback task's log")
+
+
+def rollout_settings() -> dict[str, Any]:
+    """What the canary DAG needs at parse time (the environment only: no I/O)."""
+    s = get_settings()
+    return {"stages": tuple(s.canary_stages), "promote_retries": s.rollout_promote_retries,
+            "rollback_retries": s.rollout_rollback_retries, "retry_delay_s": s.rollout_retry_delay_s,
+            "retry_max_delay_s": s.rollout_retry_max_delay_s}
+
+
+def challenger_wait_settings() -> dict[str, float]:
+    s = get_settings()
+    return {"wait_s": s.challenger_wait_s, "poke_s": s.challenger_poke_s}
 
 
 def canary_stages() -> tuple[int, ...]:

@@ -3,8 +3,11 @@ answers in, a verdict out), one linear pass with early returns, as Flagger's sch
 
 Per stage, compared over the same interval: error rate and p95 latency of each upstream from
 the gateway's Prometheus counters and histograms (deltas between two scrapes), and, where
-enough labels arrived, live ROC AUC. A stage that has not seen ``min_requests`` canary calls by
-``deadline_s`` fails: too little data is not a pass.
+enough labels arrived, live ROC AUC. A pass needs the evidence of every check: at least
+``pass_sample`` canary calls (the largest of ``min_requests``, ``min_error_sample`` and
+``min_latency_sample``), so no check is skipped for want of data. A stage that has not seen them
+by ``deadline_s`` fails: too little data is not a pass. The counts are increases accumulated by
+``evidence.CounterEvidence``, which survives gateway restarts; they are never negative.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ class CanaryConfig:
         if self.deadline_s < self.interval_s:
             raise ValueError(f"deadline_s must be >= interval_s, but was {self.deadline_s} < {self.interval_s}")
 
+    @property
+    def pass_sample(self) -> int:
+        """Canary calls a pass needs: enough for every check to have run, not just some."""
+        return max(self.min_requests, self.min_error_sample, self.min_latency_sample)
+
 
 @dataclass(frozen=True)
 class UpstreamStats:
@@ -50,6 +58,12 @@ class UpstreamStats:
     failures: float
     p95_s: float | None
     p50_s: float | None = None
+
+    def __post_init__(self) -> None:
+        # a negative count can only come from a counter reset read as a delta: never judge it
+        if self.calls < 0 or self.failures < 0 or self.failures > self.calls:
+            raise ValueError(f"calls and failures must satisfy 0 <= failures <= calls, but were "
+                             f"{self.failures} of {self.calls}")
 
     @property
     def error_rate(self) -> float:
@@ -84,15 +98,6 @@ def parse_metrics(text: str) -> Samples:
     return out
 
 
-def _delta(before: Samples, after: Samples, name: str, **match: str) -> dict[frozenset[tuple[str, str]], float]:
-    out = {}
-    for (n, labels), value in after.items():
-        if n != name or any(dict(labels).get(k) != v for k, v in match.items()):
-            continue
-        out[labels] = value - before.get((n, labels), 0.0)
-    return out
-
-
 def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:
     """Prometheus's interpolation over cumulative (upper bound, count) buckets."""
     ordered = sorted(buckets)
@@ -110,15 +115,32 @@ def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> floa
     return ordered[-1][0]
 
 
-def upstream_stats(before: Samples, after: Samples, upstream: str) -> UpstreamStats:
-    calls = _delta(before, after, CALLS, upstream=upstream)
-    by_result = {dict(k)["result"]: v for k, v in calls.items()}
+def stats_from_increases(increases: Samples, upstream: str) -> UpstreamStats:
+    """One upstream's calls, failures and latency quantiles from counter increases (never negative)."""
+    by_result: dict[str, float] = {}
+    pairs: list[tuple[float, float]] = []
+    for (name, labels), value in increases.items():
+        lab = dict(labels)
+        if lab.get("upstream") != upstream:
+            continue
+        if name == CALLS:
+            by_result[lab["result"]] = by_result.get(lab["result"], 0.0) + value
+        elif name == LATENCY:
+            pairs.append((float(lab["le"]), value))
     failures = sum(by_result.get(r, 0.0) for r in FAILURES)
     judged = failures + by_result.get("ok", 0.0)
-    buckets = _delta(before, after, LATENCY, upstream=upstream)
-    pairs = [(float(dict(k)["le"]), v) for k, v in buckets.items()]
     return UpstreamStats(calls=judged, failures=failures, p95_s=histogram_quantile(0.95, pairs),
                          p50_s=histogram_quantile(0.5, pairs))
+
+
+def upstream_stats(before: Samples, after: Samples, upstream: str) -> UpstreamStats:
+    """Stats between two scrapes of one source; a counter that dropped restarted from 0."""
+    from healmesh.lifecycle.evidence import CounterEvidence, Scrape
+
+    evidence = CounterEvidence(stage_started_at=math.inf)
+    evidence.add(Scrape(instances={}, samples=before))
+    evidence.add(Scrape(instances={}, samples=after))
+    return stats_from_increases(evidence.totals, upstream)
 
 
 def quality(labels: np.ndarray, probabilities: np.ndarray, cfg: CanaryConfig) -> Quality:
@@ -155,9 +177,9 @@ def analyse(canary: UpstreamStats, stable: UpstreamStats, elapsed_s: float, cfg:
                                 f"(allowed -{cfg.max_auc_drop})",), details)
     if elapsed_s < cfg.interval_s:
         return Verdict("wait", (), details)
-    if canary.calls >= cfg.min_requests:
+    if canary.calls >= cfg.pass_sample:
         return Verdict("pass", (f"{canary.calls:.0f} canary calls, error rate {canary.error_rate:.1%}",), details)
     if elapsed_s >= cfg.deadline_s:
         return Verdict("fail", (f"only {canary.calls:.0f} canary calls by the {cfg.deadline_s:.0f} s deadline "
-                                f"(needs {cfg.min_requests})",), details)
+                                f"(needs {cfg.pass_sample})",), details)
     return Verdict("wait", (), details)

@@ -1,5 +1,6 @@
-"""Lifecycle events (drift found, candidate rejected, stage passed, promoted, rolled back) as a
-Redis stream, ``<prefix>:events``, newest last; the status page and the demo read it."""
+"""Lifecycle events (drift found, candidate rejected, challenger waiting, stage passed, promoted,
+rolled back, rollout failed or aborted) as a Redis stream, ``<prefix>:events``, newest last; the
+status page and the demo read it."""
 
 from __future__ import annotations
 
@@ -23,3 +24,8 @@ def recent(redis: Any, prefix: str, count: int = 50) -> list[dict[str, Any]]:
         out.append({"id": entry_id.decode() if isinstance(entry_id, bytes) else entry_id, "kind": f["kind"],
                     "message": f["message"], "when": float(f["when"]), "data": json.loads(f["data"])})
     return out
+
+
+def for_rollout(redis: Any, prefix: str, holder: str, count: int = 500) -> list[dict[str, Any]]:
+    """The events one rollout recorded (``rollout=<holder>`` in their data), newest first."""
+    return [e for e in recent(redis, prefix, count) if e["data"].get("rollout") == holder]

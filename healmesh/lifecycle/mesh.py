@@ -39,6 +39,10 @@ class MeshClient:
         self._call("PUT", f"{self.gateway}/api/v1/admin/rollout",
                    json={"stage": stage, "canary_version": canary_version, "status": status, "why": why, "note": note})
 
+    def rollout(self) -> dict[str, Any]:
+        """The gateway's rollout state: stage, canary_version, status, note."""
+        return self._call("GET", f"{self.gateway}/api/v1/admin/rollout")
+
     def gateway_metrics(self) -> str:
         try:
             r = httpx.get(f"{self.gateway}/metrics", timeout=self.timeout)
@@ -59,6 +63,10 @@ class MeshClient:
                 except httpx.HTTPError:
                     pass
         return ok
+
+    def xgboost_slots(self) -> dict[str, Any]:
+        """What the XGBoost scorer's slots serve now (its admin state), without reloading."""
+        return self._call("GET", f"{self.xgb}/admin/state")["slots"]
 
     def reload_xgboost(self) -> dict[str, Any]:
         """Make the XGBoost scorer read the aliases now; returns its slots."""

@@ -20,11 +20,9 @@ import pandas as pd
 
 from healmesh import schema
 from healmesh.lifecycle.drift import DriftResult
+from healmesh.lifecycle.report_ids import report_name
 
-
-def report_name(checked_at: float, model_version: str | None) -> str:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(checked_at))
-    return f"{stamp}_v{model_version or 'none'}"
+__all__ = ["report_name", "evidently_html", "write_report", "summaries", "write_index"]
 
 
 def evidently_html(reference: pd.DataFrame, current: pd.DataFrame, path: Path) -> None:

@@ -2,8 +2,13 @@
 reference data), judged against the champion on the same recent holdout.
 
 Passing the gate (ROC AUC not more than ``gate_tolerance`` under the champion's) registers the
-version and gives it the ``challenger`` alias; a rejected candidate stays an MLflow run with
-the reason in its tags. Everything is logged with lineage: trigger, drift check, data window.
+version; a rejected candidate stays an MLflow run with the reason in its tags. Everything is
+logged with lineage: trigger, drift check, data window.
+
+A registered candidate becomes the ``challenger`` through ``offer_challenger`` only while no
+rollout holds the rollout lease: moving the alias under a running rollout would swap the
+scorer's canary slot beneath it. It waits up to ``challenger_wait_s``; then it stays
+registered, tagged, without the alias.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from sklearn.model_selection import train_test_split
 from healmesh import features, registry, schema
 from healmesh.evaluation import classification_metrics
 from healmesh.lifecycle import events
+from healmesh.lifecycle.lease import LeaseStore
+from healmesh.lifecycle.report_ids import check_report_id, report_files
+from healmesh.lifecycle.rollout_policy import ChallengerStep, Lease, challenger_step
 from healmesh.lifecycle.window import attach_labels, labelled, read_window
 from healmesh.models.bundle import find_bundle, load_bundle, save_bundle
 from healmesh.settings import Settings
@@ -28,6 +36,10 @@ from healmesh.training import fit_xgboost, log_model_run, reference_sample, regi
 
 class NotEnoughLabels(RuntimeError):
     """Too few labelled recent records to train or to judge a candidate."""
+
+
+class ChallengerWaitTimedOut(RuntimeError):
+    """A rollout held the lease for longer than ``challenger_wait_s``: no challenger was set."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,8 @@ def build_training_set(recent: pd.DataFrame, reference: pd.DataFrame, settings: 
 
 def run_retrain(settings: Settings, redis: Any, *, trigger: str, drift_check_id: str | None = None,
                 window_records: int | None = None, seed: int = 0) -> dict[str, Any]:
+    if drift_check_id is not None:  # it names files that are uploaded: checked before anything runs
+        drift_files = report_files(settings.drift_reports_dir, check_report_id(drift_check_id))
     t0 = time.perf_counter()
     name = settings.xgb_registered_name
     champion = registry.version_by_alias(settings, name, settings.champion_alias)
@@ -104,9 +118,8 @@ def run_retrain(settings: Settings, redis: Any, *, trigger: str, drift_check_id:
             "healmesh.window_first_ts": f"{window.first_ts or 0:.3f}", "healmesh.window_last_ts": f"{window.last_ts or 0:.3f}",
             "healmesh.champion_version": champion.version, "healmesh.gate": "passed" if verdict.passed else "rejected",
             "healmesh.gate_reason": verdict.reason}
-    reports_dir = settings.drift_reports_dir
-    drift_artifacts = {"drift_report_html": reports_dir / f"{drift_check_id}.html",
-                       "drift_report_json": reports_dir / f"{drift_check_id}.json"} if drift_check_id else {}
+    drift_artifacts = {"drift_report_html": drift_files["html"],
+                       "drift_report_json": drift_files["json"]} if drift_check_id else {}
     with tempfile.TemporaryDirectory(prefix="healmesh-retrain-") as tmp:
         bundle_dir = save_bundle(model, meta, Path(tmp) / "xgboost")
         logged = log_model_run(
@@ -125,13 +138,53 @@ def run_retrain(settings: Settings, redis: Any, *, trigger: str, drift_check_id:
            "train_seconds": train_seconds, "window": window.describe()}
     if verdict.passed:
         _, version = register(settings, "xgboost", logged, tags={"healmesh.trigger": trigger,
-                                                                  "healmesh.drift_check": drift_check_id or ""})
-        registry.set_alias(settings, name, settings.challenger_alias, version)
+                                                                  "healmesh.drift_check": drift_check_id or "",
+                                                                  "healmesh.challenger": "pending"})
         out["version"] = version
-        events.record(redis, settings.key_prefix, "challenger_registered",
-                      f"v{version} registered as {settings.challenger_alias}: {verdict.reason}", version=version)
+        out["registered_at"] = time.time()
+        events.record(redis, settings.key_prefix, "candidate_registered",
+                      f"v{version} registered: {verdict.reason}", version=version, run_id=logged.run_id)
     else:
         events.record(redis, settings.key_prefix, "candidate_rejected", f"candidate rejected: {verdict.reason}",
                       run_id=logged.run_id)
     return out
 
+
+def offer_challenger(settings: Settings, redis: Any, version: str, *, holder: str, waited_s: float,
+                     now: float) -> dict[str, Any]:
+    """One attempt to make ``version`` the challenger. Returns ``{"installed": bool, ...}``; raises
+    ``ChallengerWaitTimedOut`` once it has waited ``challenger_wait_s``."""
+    name, prefix = settings.xgb_registered_name, settings.key_prefix
+    leases = LeaseStore(redis, prefix)
+    lease = leases.current()
+    step = challenger_step(lease, waited_s, settings.challenger_wait_s)
+    if step is ChallengerStep.INSTALL:
+        # hold the lease while moving the alias, so no rollout starts in between
+        held = leases.acquire(Lease(holder, version, now), ttl_s=60.0)
+        if held is not None and held.holder == holder:
+            try:
+                registry.set_alias(settings, name, settings.challenger_alias, version)
+                registry.tag_version(settings, name, version, {"healmesh.challenger": "installed"})
+            finally:
+                leases.release(holder)
+            events.record(redis, prefix, "challenger_registered",
+                          f"v{version} is now the {settings.challenger_alias} (after {waited_s:.0f} s)",
+                          version=version, waited_s=round(waited_s, 1))
+            return {"installed": True, "version": version, "waited_s": round(waited_s, 1)}
+        lease, step = held, ChallengerStep.WAIT  # a rollout took it first
+    blocker = lease.describe() if lease else "another rollout"
+    if step is ChallengerStep.GIVE_UP:
+        reason = (f"v{version} stays registered without the {settings.challenger_alias} alias: the rollout "
+                  f"{blocker} held the lease for more than {settings.challenger_wait_s:.0f} s "
+                  "(HEALMESH_CHALLENGER_WAIT_S). Roll it out by hand when that rollout has ended: "
+                  f"canary_rollout with version={version}.")
+        registry.tag_version(settings, name, version, {"healmesh.challenger": "wait_timed_out",
+                                                       "healmesh.challenger_reason": reason})
+        events.record(redis, prefix, "challenger_wait_timed_out", reason, version=version, blocker=blocker)
+        raise ChallengerWaitTimedOut(reason)
+    if not any(e["kind"] == "challenger_waiting" and e["data"].get("version") == version
+               for e in events.recent(redis, prefix, 200)):
+        events.record(redis, prefix, "challenger_waiting", f"v{version} waits to become the "
+                      f"{settings.challenger_alias}: the rollout {blocker} is running", version=version,
+                      blocker=blocker)
+    return {"installed": False, "version": version, "waiting_for": blocker}

@@ -1,12 +1,22 @@
 """The staged canary rollout of a challenger: prepare, stages, then promote or roll back.
 
-- prepare: the XGBoost scorer loads the ``challenger`` into its canary slot (reload now);
+One rollout at a time: ``prepare`` takes the rollout lease (``lease.py``), every stage check
+extends it, ``promote`` and ``rollback`` release it. A retrain waits for the lease before it moves
+``challenger``, and ``abort`` breaks it, so a running stage learns on its next check that it must
+stop.
+
+- prepare: the version comes from the ``version`` param, else from the asset event that started
+  the run (refused if ``challenger`` no longer points at it), else from ``challenger``; the
+  XGBoost scorer loads it into its canary slot (reload now) and the slot is warmed up;
 - each stage: the gateway gives the canary its percentage of the XGBoost share, then every
-  ``check_every_s`` the analysis compares canary with stable; a failed check ends the stage at
-  once, a pass needs ``interval_s`` and ``min_requests``, and ``deadline_s`` bounds the wait;
-- promote: ``champion`` moves to the new version (the old one stays registered and is tagged as
-  the previous champion for `healmesh rollback`), stable serves it, the canary slot empties;
-- rollback: canary weight 0, ``challenger`` removed, champion untouched, the reason recorded.
+  ``check_every_s``: the lease must still be ours and the canary slot must still serve the version
+  under test (else the stage fails at once), and the analysis compares canary with stable on
+  counter increases that survive gateway restarts (``evidence.py``);
+- promote: ``champion`` moves to the new version (the previous one, as prepare saw it, is tagged
+  for `healmesh rollback`), stable serves it, the canary slot empties;
+- rollback: the mesh first, through the gateway alone (stage 0, status ``rolled_back``, or
+  ``failed`` when the promotion failed), then the registry (``challenger`` removed; a champion
+  that a failed promotion moved goes back), the reason recorded.
 """
 
 from __future__ import annotations
@@ -16,9 +26,21 @@ from collections.abc import Callable
 from typing import Any
 
 from healmesh import registry, schema
+from healmesh.gateway.control import RolloutStatus
 from healmesh.lifecycle import canary as analysis
 from healmesh.lifecycle import events
+from healmesh.lifecycle.evidence import CounterEvidence, Scrape
+from healmesh.lifecycle.lease import LeaseStore
 from healmesh.lifecycle.mesh import MeshClient
+from healmesh.lifecycle.rollout_policy import (
+    PROMOTE_FAILED,
+    ROLLOUT_ABORTED,
+    STAGE_FAILED,
+    Lease,
+    StopKind,
+    lease_guard,
+    stage_guard,
+)
 from healmesh.lifecycle.window import attach_labels, labelled, read_window
 from healmesh.policies import routing
 from healmesh.settings import Settings
@@ -26,6 +48,10 @@ from healmesh.settings import Settings
 
 class RolloutFailed(RuntimeError):
     """A stage failed its analysis (or the rollout could not start): roll back."""
+
+
+class LeaseLost(RolloutFailed):
+    """This rollout no longer holds the lease (aborted or expired): retrying cannot help."""
 
 
 def canary_config(s: Settings) -> analysis.CanaryConfig:
@@ -38,28 +64,44 @@ def canary_config(s: Settings) -> analysis.CanaryConfig:
         min_quality_positives=s.canary_min_quality_positives, max_auc_drop=s.canary_max_auc_drop)
 
 
-def prepare(settings: Settings, mesh: MeshClient, redis: Any, version: str | None = None) -> dict[str, Any]:
-    name = settings.xgb_registered_name
-    challenger = registry.version_by_alias(settings, name, settings.challenger_alias)
-    if version is None:
-        if challenger is None:
-            raise RolloutFailed(f"{name} has no {settings.challenger_alias}: nothing to roll out")
-        version = challenger.version
-    elif challenger is None or challenger.version != version:
-        registry.set_alias(settings, name, settings.challenger_alias, version)
+def _v(version: str | None) -> str:
+    return f"v{version}" if version else "none"
+
+
+def prepare(settings: Settings, mesh: MeshClient, redis: Any, *, holder: str, version: str | None = None,
+            event_version: str | None = None, now: Callable[[], float] = time.time) -> dict[str, Any]:
+    """Take the lease and load the version into the canary slot. ``version``: asked for by hand
+    (becomes the challenger); ``event_version``: the one the triggering asset event announced."""
+    name, alias = settings.xgb_registered_name, settings.challenger_alias
+    challenger = registry.version_by_alias(settings, name, alias)
+    target = version or event_version or (challenger.version if challenger else None)
+    if target is None:
+        raise RolloutFailed(f"{name} has no {alias}: nothing to roll out")
+    held = LeaseStore(redis, settings.key_prefix).acquire(Lease(holder, target, now()), settings.rollout_lease_ttl_s)
+    if held is None or held.holder != holder:
+        raise RolloutFailed(f"another rollout holds the lease ({held.describe() if held else 'unknown'}): one "
+                            "rollout at a time; let it end, or end it with `healmesh rollout abort`")
+    if version is None and event_version is not None:
+        if challenger is None or challenger.version != event_version:
+            raise RolloutFailed(f"v{event_version} was announced, but {alias} is now "
+                                f"{_v(challenger.version if challenger else None)}: not rolling out a version "
+                                f"that is no longer the {alias}")
+    elif challenger is None or challenger.version != target:
+        registry.set_alias(settings, name, alias, target)
     champion = registry.version_by_alias(settings, name, settings.champion_alias)
-    if champion is not None and champion.version == version:
-        raise RolloutFailed(f"v{version} is already the champion")
+    if champion is not None and champion.version == target:
+        raise RolloutFailed(f"v{target} is already the champion")
     slots = mesh.reload_xgboost()
     loaded = (slots.get("canary") or {}).get("version")
-    if loaded != version:
-        raise RolloutFailed(f"the XGBoost scorer's canary slot holds {loaded!r}, not v{version}")
-    sample = registry.reference_for_version(settings, name, version).head(40)
+    if loaded != target:
+        raise RolloutFailed(f"the XGBoost scorer's canary slot holds {loaded!r}, not v{target}")
+    sample = registry.reference_for_version(settings, name, target).head(40)
     mesh.warm_up_canary([{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
                          for r in sample[list(schema.FEATURE_NAMES)].to_dict("records")])
-    events.record(redis, settings.key_prefix, "rollout_started", f"canary rollout of v{version} started",
-                  version=version, champion=champion.version if champion else None)
-    return {"version": version, "champion": champion.version if champion else None}
+    previous = champion.version if champion else None
+    events.record(redis, settings.key_prefix, "rollout_started", f"canary rollout of v{target} started",
+                  version=target, champion=previous, rollout=holder)
+    return {"version": target, "champion": previous, "rollout": holder}
 
 
 def _stage_quality(redis: Any, settings: Settings, since: float, cfg: analysis.CanaryConfig) -> dict[str, analysis.Quality]:
@@ -72,70 +114,144 @@ def _stage_quality(redis: Any, settings: Settings, since: float, cfg: analysis.C
     return out
 
 
+def _canary_slot(mesh: MeshClient) -> str | None:
+    return (mesh.xgboost_slots().get("canary") or {}).get("version")
+
+
 def run_stage(settings: Settings, mesh: MeshClient, redis: Any, version: str, stage: int,
-              cfg: analysis.CanaryConfig | None = None, *, sleep: Callable[[float], None] = time.sleep,
-              clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+              cfg: analysis.CanaryConfig | None = None, *, holder: str, sleep: Callable[[float], None] = time.sleep,
+              clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> dict[str, Any]:
     cfg = cfg or canary_config(settings)
+    prefix = settings.key_prefix
+    leases = LeaseStore(redis, prefix)
+
+    def guard(details: dict[str, Any]) -> None:
+        """Fail the stage unless the lease is ours and the canary slot serves ``version``."""
+        stop = stage_guard(leases.refresh(holder, settings.rollout_lease_ttl_s), holder, _canary_slot(mesh), version)
+        if stop is not None:
+            events.record(redis, prefix, STAGE_FAILED, f"stage {stage}% failed: {stop.reason}",
+                          **{**details, "status": "fail", "reasons": [stop.reason]})
+            raise (LeaseLost if stop.kind is StopKind.LEASE_LOST else RolloutFailed)(f"stage {stage}%: {stop.reason}")
+
+    base = {"stage": stage, "version": version, "rollout": holder}
+    guard(base)
+    # taken before the routing change: a gateway started after this counts all its calls
+    started_wall = wall()
     mesh.set_rollout(stage, version, "running", why=f"canary stage {stage}% for v{version}")
-    before = analysis.parse_metrics(mesh.gateway_metrics())
-    started_wall, started = time.time(), clock()
+    evidence = CounterEvidence(stage_started_at=started_wall)
+    evidence.add(Scrape.parse(mesh.gateway_metrics()))
+    started = clock()
     while True:
         sleep(cfg.check_every_s)
-        after = analysis.parse_metrics(mesh.gateway_metrics())
+        resets = evidence.add(Scrape.parse(mesh.gateway_metrics()))
+        if resets:
+            events.record(redis, prefix, "counters_reset", f"stage {stage}%: the gateway's counters restarted; "
+                          f"{'; '.join(r.detail for r in resets)}", **base, resets=[r.as_dict() for r in resets])
+        # after the scrape: what it counted was served while the guard still held
+        guard({**base, "resets": [r.as_dict() for r in evidence.resets]})
         state = mesh.gateway_state()
         quality = _stage_quality(redis, settings, started_wall, cfg)
+        totals = evidence.totals
         verdict = analysis.analyse(
-            analysis.upstream_stats(before, after, routing.XGB_CANARY),
-            analysis.upstream_stats(before, after, routing.XGB_STABLE),
+            analysis.stats_from_increases(totals, routing.XGB_CANARY),
+            analysis.stats_from_increases(totals, routing.XGB_STABLE),
             clock() - started, cfg,
             canary_breaker_open=state["breakers"][routing.XGB_CANARY]["state"] == "open",
             canary_quality=quality[routing.XGB_CANARY], stable_quality=quality[routing.XGB_STABLE])
         if verdict.status == "wait":
             continue
-        details = {"stage": stage, "version": version, "status": verdict.status, "reasons": list(verdict.reasons),
-                   **verdict.details}
+        details = {**base, "status": verdict.status, "reasons": list(verdict.reasons),
+                   "resets": [r.as_dict() for r in evidence.resets], **verdict.details}
         if verdict.status == "fail":
-            events.record(redis, settings.key_prefix, "stage_failed",
-                          f"stage {stage}% failed: {'; '.join(verdict.reasons)}", **details)
+            events.record(redis, prefix, STAGE_FAILED, f"stage {stage}% failed: {'; '.join(verdict.reasons)}",
+                          **details)
             raise RolloutFailed(f"stage {stage}%: {'; '.join(verdict.reasons)}")
-        events.record(redis, settings.key_prefix, "stage_passed", f"stage {stage}% passed: {verdict.reasons[0]}",
-                      **details)
+        events.record(redis, prefix, "stage_passed", f"stage {stage}% passed: {verdict.reasons[0]}", **details)
         return details
 
 
-def promote(settings: Settings, mesh: MeshClient, redis: Any, version: str) -> dict[str, Any]:
+def promote(settings: Settings, mesh: MeshClient, redis: Any, version: str, *, holder: str,
+            previous: str | None) -> dict[str, Any]:
+    """``previous``: the champion when the rollout started (a retry must not read back the version a
+    failed try already moved ``champion`` to). Safe to repeat."""
     name = settings.xgb_registered_name
-    old = registry.version_by_alias(settings, name, settings.champion_alias)
+    leases = LeaseStore(redis, settings.key_prefix)
+    lost = lease_guard(leases.refresh(holder, settings.rollout_lease_ttl_s), holder)
+    if lost is not None:
+        raise LeaseLost(f"promote of v{version}: {lost.reason}")
     registry.tag_version(settings, name, version, {"healmesh.rollout": "promoted",
-                                                   "healmesh.previous_champion": old.version if old else ""})
+                                                   "healmesh.previous_champion": previous or ""})
     # order matters for zero errors: stable takes the new version before the canary share goes
     registry.set_alias(settings, name, settings.champion_alias, version)
     mesh.reload_xgboost()
     mesh.set_rollout(0, None, "promoted", why=f"v{version} promoted after all stages passed")
-    registry.delete_alias(settings, name, settings.challenger_alias)
+    challenger = registry.version_by_alias(settings, name, settings.challenger_alias)
+    if challenger is not None and challenger.version == version:
+        registry.delete_alias(settings, name, settings.challenger_alias)
     slots = mesh.reload_xgboost()
     if (slots.get("stable") or {}).get("version") != version:
         raise RolloutFailed(f"after promotion the stable slot serves {slots.get('stable')}, not v{version}")
     events.record(redis, settings.key_prefix, "promoted", f"v{version} promoted to champion "
-                  f"(previous: v{old.version if old else '-'})", version=version, previous=old.version if old else None)
-    return {"champion": version, "previous": old.version if old else None}
+                  f"(previous: {_v(previous)})", version=version, previous=previous, rollout=holder)
+    leases.release(holder)
+    return {"champion": version, "previous": previous}
 
 
-def rollback(settings: Settings, mesh: MeshClient, redis: Any, version: str | None, reason: str) -> dict[str, Any]:
-    """Undo a rollout: canary weight 0, challenger removed, champion untouched. Safe to repeat."""
-    name = settings.xgb_registered_name
-    mesh.set_rollout(0, None, "rolled_back", why=f"rollback of v{version}: {reason}", note=reason[:500])
+def record_promote_failure(settings: Settings, redis: Any, version: str, holder: str, attempt: int,
+                           exc: BaseException) -> None:
+    events.record(redis, settings.key_prefix, PROMOTE_FAILED,
+                  f"promote of v{version} failed (try {attempt}): {type(exc).__name__}: {exc}"[:2000],
+                  version=version, rollout=holder, attempt=attempt)
+
+
+def rollback(settings: Settings, mesh: MeshClient, redis: Any, version: str | None, reason: str, *,
+             status: RolloutStatus = RolloutStatus.ROLLED_BACK, holder: str | None = None,
+             previous_champion: str | None = None) -> dict[str, Any]:
+    """End a rollout that did not promote; safe to repeat. The mesh is made safe first, through the
+    gateway alone (no registry needed): canary weight 0, stable serves the champion."""
+    name, prefix = settings.xgb_registered_name, settings.key_prefix
+    failed = status is RolloutStatus.FAILED
+    mesh.set_rollout(0, None, status.value, why=f"{status.value}: v{version}: {reason}"[:500], note=reason[:500])
+    if failed and not any(e["kind"] == "rollout_failed" for e in events.for_rollout(redis, prefix, holder or "")):
+        events.record(redis, prefix, "rollout_failed", f"rollout of v{version} failed: {reason}; canary at 0 %, "
+                      "stable serves the champion", version=version, rollout=holder, reason=reason)
+    # then the registry (a registry that is down fails this try; the task retries it)
     challenger = registry.version_by_alias(settings, name, settings.challenger_alias)
     if challenger is not None and (version is None or challenger.version == version):
         registry.delete_alias(settings, name, settings.challenger_alias)
+    champion = registry.version_by_alias(settings, name, settings.champion_alias)
+    if failed and previous_champion and champion is not None and champion.version == version:
+        registry.set_alias(settings, name, settings.champion_alias, previous_champion)
+        champion = registry.version_by_alias(settings, name, settings.champion_alias)
     if version:
-        registry.tag_version(settings, name, version, {"healmesh.rollout": "rolled_back",
+        registry.tag_version(settings, name, version, {"healmesh.rollout": status.value,
                                                        "healmesh.rollout_reason": reason[:5000]})
     mesh.reload_xgboost()
-    champion = registry.version_by_alias(settings, name, settings.champion_alias)
-    events.record(redis, settings.key_prefix, "rolled_back", f"v{version} rolled back: {reason}",
-                  version=version, champion=champion.version if champion else None)
-    return {"rolled_back": version, "reason": reason, "champion": champion.version if champion else None}
+    kept = champion.version if champion else None
+    if failed:
+        events.record(redis, prefix, "registry_restored", f"after the failed rollout of v{version}: challenger "
+                      f"removed, champion {_v(kept)}", version=version, champion=kept, rollout=holder)
+    else:
+        events.record(redis, prefix, "rolled_back", f"v{version} rolled back: {reason}", version=version,
+                      champion=kept, rollout=holder)
+    if holder:
+        LeaseStore(redis, prefix).release(holder)
+    return {"rolled_back": version, "status": status.value, "reason": reason, "champion": kept}
+
+
+def abort(settings: Settings, mesh: MeshClient, redis: Any, why: str, who: str) -> dict[str, Any]:
+    """`healmesh rollout abort`: break the lease (the running stage fails at its next check), roll
+    the rollout back now and record who and why."""
+    lease = LeaseStore(redis, settings.key_prefix).break_()
+    current = mesh.rollout()
+    if lease is None and current.get("status") != RolloutStatus.RUNNING.value:
+        raise RolloutFailed("no rollout is running and none holds the lease: nothing to abort")
+    version = (lease.version if lease else None) or current.get("canary_version")
+    holder = lease.holder if lease else None
+    reason = f"aborted by {who}: {why}"
+    events.record(redis, settings.key_prefix, ROLLOUT_ABORTED, f"rollout of v{version} {reason}",
+                  version=version, rollout=holder, who=who, why=why)
+    return {**rollback(settings, mesh, redis, version, reason), "aborted": holder}
 
 
 def manual_rollback(settings: Settings, mesh: MeshClient, redis: Any, to_version: str | None = None) -> dict[str, Any]:

@@ -87,8 +87,9 @@ def life(mlflow_url, redis_srv, session_dir: Path) -> Iterator[Life]:
     fast = {"HEALMESH_GATEWAY_URL": gw.url, "HEALMESH_XGB_URL": scorers["xgboost"].url,
             "HEALMESH_REDIS_URL": f"redis://127.0.0.1:{redis_srv.port}/0", "HEALMESH_KEY_PREFIX": "hm-life",
             "HEALMESH_CANARY_INTERVAL_S": "4", "HEALMESH_CANARY_DEADLINE_S": "40", "HEALMESH_CANARY_CHECK_EVERY_S": "1",
-            "HEALMESH_CANARY_MIN_REQUESTS": "20", "HEALMESH_CANARY_MIN_LATENCY_SAMPLE": "40",
-            "HEALMESH_RETRAIN_MIN_LABELS": "500"}
+            # a pass needs the latency sample too: a slow canary is judged on latency before it can pass
+            "HEALMESH_CANARY_MIN_REQUESTS": "40", "HEALMESH_CANARY_MIN_LATENCY_SAMPLE": "40",
+            "HEALMESH_RETRAIN_MIN_LABELS": "500", "HEALMESH_CHALLENGER_POKE_S": "1"}
     for k, v in fast.items():
         mp.setenv(k, v)
     get_settings.cache_clear()
