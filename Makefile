@@ -48,6 +48,7 @@ bench: venv system-deps
 	$(PY) bench/scorer_bench.py
 	$(PY) bench/gateway_bench.py
 	$(PY) bench/lifecycle_bench.py
+	$(PY) bench/feature_log_bench.py
 
 clean:
 	rm -rf $(VENV) .healmesh .pytest_cache

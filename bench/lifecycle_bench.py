@@ -27,6 +27,7 @@ from healmesh import procs  # noqa: E402
 from healmesh.data import DriftSpec, generate  # noqa: E402
 
 TOKEN = "bench-admin-token-0123"
+LABELLER_TOKEN = "bench-labeller-token-0123"
 
 
 def main() -> None:
@@ -42,12 +43,14 @@ def main() -> None:
     work = bench.work
     redis_srv = procs.redis_server(procs.free_port(), work / "redis", work / "logs").launch(timeout=20)
     os.environ.update({"HEALMESH_REDIS_URL": f"redis://127.0.0.1:{redis_srv.port}/0",
-                       "HEALMESH_ADMIN_TOKEN": TOKEN, "HEALMESH_DRIFT_REPORTS_DIR": str(work / "drift_reports")})
+                       "HEALMESH_ADMIN_TOKEN": TOKEN, "HEALMESH_LABELLER_TOKEN": LABELLER_TOKEN,
+                       "HEALMESH_DRIFT_REPORTS_DIR": str(work / "drift_reports")})
     os.environ.pop("HEALMESH_MLFLOW_TRACKING_URI", None)
     get_settings.cache_clear()
     settings = get_settings()
     train(generate(60_000, seed=0), settings, TrainConfig(mlp_epochs=3, save_to_bentoml=False))
-    env = {**bench.env, "HEALMESH_ADMIN_TOKEN": TOKEN, "HEALMESH_REDIS_URL": settings.redis_url}
+    env = {**bench.env, "HEALMESH_ADMIN_TOKEN": TOKEN, "HEALMESH_LABELLER_TOKEN": LABELLER_TOKEN,
+           "HEALMESH_REDIS_URL": settings.redis_url}
     env.pop("HEALMESH_MLFLOW_TRACKING_URI", None)
     scorers = {n: procs.bentoml_server(f"bench-{n}", t, procs.free_port(), work / "logs", env=env, cwd=ROOT)
                for n, t in procs.SCORERS.items()}
@@ -58,9 +61,9 @@ def main() -> None:
                                    "HEALMESH_TORCH_URL": scorers["pytorch"].url,
                                    "HEALMESH_FALLBACK_URL": scorers["fallback"].url}).launch()
     try:
-        import redis
+        from healmesh import redis_conn
 
-        r = redis.Redis.from_url(settings.redis_url)
+        r = redis_conn.sync_client(settings)
         drift = DriftSpec(covariate_shift={"amount": 1.2, "distance_from_home_km": 1.0, "channel": 0.4})
         t0 = time.perf_counter()
         sent = traffic.send_sync(gw.url, args.records, seed=9, drift=drift, batch=100)

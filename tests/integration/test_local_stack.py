@@ -21,7 +21,7 @@ import redis
 from healmesh import credentials, procs, redis_conn, stack
 from healmesh.settings import Settings
 
-from .conftest import ROOT
+from .conftest import ROOT, scorer_urls
 from .load import transactions
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,7 @@ def foreign(tmp_path_factory) -> Iterator[procs.ServerProcess]:
 
 
 @pytest.fixture(scope="module")
-def mesh(foreign, tmp_path_factory) -> Iterator[Mesh]:
+def mesh(foreign, scorers, tmp_path_factory) -> Iterator[Mesh]:
     home = tmp_path_factory.mktemp("stack") / "home"
     (home / "logs").mkdir(parents=True)
     home.chmod(0o755)
@@ -71,7 +71,8 @@ def mesh(foreign, tmp_path_factory) -> Iterator[Mesh]:
         stack.secure_home(settings)
         stack.ensure_redis(settings)
         child_env = stack.scorer_env(settings, tracking=f"http://127.0.0.1:{procs.free_port()}")
-        gateway = stack.gateway_env(settings, child_env)  # scorer URLs lead nowhere: it answers from its rules
+        # the session's scorers: a gateway is ready only once its model variants answer
+        gateway = {**stack.gateway_env(settings, child_env), **scorer_urls(scorers)}
         assert stack._start_group(settings, [("gateway", stack.GATEWAY, settings.gateway_port, gateway)]) == 0
         yield Mesh(settings=settings, env=env, child_env=child_env)
     finally:

@@ -151,3 +151,21 @@ def test_public_routes_need_no_token():
     assert status == 200 and app.bodies == [b""]
     status, _, _, _ = call("GET", "/predict", {}, [b""], policy=scorer_policy(1_000))
     assert status == 200
+
+
+def test_no_gateway_route_is_public_unless_the_threat_model_says_so():
+    """Every route the gateway's API declares gets the credential docs/architecture.md names: a
+    new admin or label route cannot slip out public."""
+    from healmesh.gateway.api import build_app
+
+    policy = gateway_policy(1_000_000)
+    public = {"/api/v1/predict", "/api/v1/openapi.json", "/api/v1/docs", "/api/v1/docs/oauth2-redirect",
+              "/api/v1/redoc"}
+    seen = set()
+    for route in build_app().routes:
+        path = "/api/v1" + route.path.replace("{request_id}", "0" * 32)
+        seen.add(path)
+        expected = (Access.PUBLIC if path in public else Access.LABELLER if path.startswith("/api/v1/feedback")
+                    else Access.ADMIN)
+        assert policy.rule_for(path).access is expected, path
+    assert "/api/v1/admin/labels/" + "0" * 32 in seen and "/api/v1/feedback/batch" in seen
