@@ -165,7 +165,8 @@ def test_each_bento_has_a_containerfile_and_carries_its_model(trained, tmp_path,
         assert list((shipped / "models" / name).rglob("meta.json")), f"{tag} does not carry {name}"
 
 
-COMPOSE_SECRETS = {"HEALMESH_ADMIN_TOKEN": "compose-test-token", "HEALMESH_REDIS_PASSWORD": "compose-redis-pw-0123"}
+COMPOSE_SECRETS = {"HEALMESH_ADMIN_TOKEN": "compose-test-token", "HEALMESH_REDIS_PASSWORD": "compose-redis-pw-0123",
+                   "HEALMESH_LABELLER_TOKEN": "compose-labeller-token"}
 
 
 def compose_config(**env: str) -> subprocess.CompletedProcess[str]:
@@ -235,6 +236,9 @@ def test_compose_redis_requires_the_password_and_only_its_clients_get_it(tmp_pat
         assert env["HEALMESH_REDIS_PASSWORD"] == password and env["HEALMESH_REDIS_URL"] == "redis://redis:6379/0"
     for name in ("xgboost-scorer", "torch-scorer", "fallback-scorer"):
         assert "HEALMESH_REDIS_PASSWORD" not in services[name]["environment"]  # they do not use Redis
+    # only the gateway checks labels: nobody else holds the labeller token
+    holders = [name for name, svc in services.items() if "HEALMESH_LABELLER_TOKEN" in (svc.get("environment") or {})]
+    assert holders == ["gateway"]
     command = [arg.replace("$$", "$") for arg in redis_svc["command"]]  # compose's escape for a literal $
     server = run_redis_command(command, password, tmp_path)
     try:
@@ -274,6 +278,8 @@ def test_kubernetes_redis_requires_the_secret_password_and_the_gateway_gets_it(t
     assert {"name": "REDISCLI_AUTH", "valueFrom": secret_ref} in redis_container["env"]
     gateway_env = pods["gateway"]["containers"][0]["env"]
     assert {"name": "HEALMESH_REDIS_PASSWORD", "valueFrom": secret_ref} in gateway_env
+    labeller_ref = {"secretKeyRef": {"name": "healmesh-labeller", "key": "token"}}
+    assert {"name": "HEALMESH_LABELLER_TOKEN", "valueFrom": labeller_ref} in gateway_env
     password = "k8s-redis-pw-0123"
     server = run_redis_command(redis_container["args"], password, tmp_path)
     try:
