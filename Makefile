@@ -21,7 +21,7 @@ $(STAMP): requirements.lock pyproject.toml
 venv: $(STAMP)
 
 # Debian packages the project runs or tests with (installed only when missing; needs root).
-SYSTEM_PACKAGES := redis-server wrk chromium prometheus docker-compose
+SYSTEM_PACKAGES := redis-server wrk chromium prometheus prometheus-alertmanager docker-compose
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -37,12 +37,16 @@ down: venv
 status: venv
 	$(VENV)/bin/healmesh status
 
-test: venv system-deps
-	$(VENV)/bin/ruff check healmesh bentos gateway dags tests bench
+# the floors that hold the decisions and the shared state are checked strictly (pyproject.toml)
+STRICT := healmesh/policies healmesh/control healmesh/settings.py healmesh/urls.py healmesh/errors.py
+
+test: lint system-deps
 	$(PY) -m pytest
 
 lint: venv
 	$(VENV)/bin/ruff check healmesh bentos gateway dags tests bench
+	$(VENV)/bin/mypy healmesh
+	$(VENV)/bin/mypy --strict $(STRICT)
 
 bench: venv system-deps
 	$(PY) bench/scorer_bench.py

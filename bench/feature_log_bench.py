@@ -31,9 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import write_results  # noqa: E402
-from healmesh import logkeys, procs, schema  # noqa: E402
+from healmesh import schema  # noqa: E402
+from healmesh.control import keys  # noqa: E402
 from healmesh.data import generate  # noqa: E402
 from healmesh.gateway.feature_log import FeatureLog, LogRecord  # noqa: E402
+from healmesh.ops import procs  # noqa: E402
+from healmesh.urls import local_redis_url  # noqa: E402
 
 RATE = 5_000  # records per second in the steady-state run: 200 s, two label-hash minutes past warm-up
 TOTAL = 1_000_000
@@ -70,7 +73,7 @@ async def bytes_per_request(url: str, password: str, payloads: list[dict[str, An
     log.start()
     ids = []
     for i in range(n):
-        rid = logkeys.new_request_id(time.time())
+        rid = keys.new_request_id(time.time())
         ids.append(rid)
         log.append(LogRecord(rid, "primary", f"{time.time():.3f}", payloads[i % len(payloads)]))
         if i % 5_000 == 0:
@@ -108,7 +111,7 @@ async def steady_state(url: str, password: str, payloads: list[dict[str, Any]]) 
         target = min(TOTAL, int((time.monotonic() - t0) * RATE))
         now = time.time()
         while sent < target:
-            log.append(LogRecord(logkeys.new_request_id(now), "primary", f"{now:.3f}", payloads[sent % len(payloads)]))
+            log.append(LogRecord(keys.new_request_id(now), "primary", f"{now:.3f}", payloads[sent % len(payloads)]))
             sent += 1
         elapsed = time.monotonic() - t0
         if elapsed >= next_sample:
@@ -124,7 +127,7 @@ async def steady_state(url: str, password: str, payloads: list[dict[str, Any]]) 
     stats = log.stats
     await log.stop()
     await client.aclose()
-    settled = [s for s in samples if s["t_s"] >= logkeys.BUCKET_S + RETENTION_S]
+    settled = [s for s in samples if s["t_s"] >= keys.BUCKET_S + RETENTION_S]
     mem = [s["used_memory_mb"] for s in settled]
     return {"rate": RATE, "requests": sent, "retention_s": RETENTION_S, "seconds": round(elapsed, 1),
             "written": stats.written, "dropped": stats.dropped, "samples": samples,
@@ -138,7 +141,7 @@ def main() -> None:
     port = procs.free_port()
     server = procs.redis_server(port, work / "redis", work / "logs", persist=True, password=password,
                                 appendfsync="everysec", maxmemory="1gb", maxmemory_policy="volatile-ttl").launch(20)
-    url = f"redis://127.0.0.1:{port}/0"
+    url = local_redis_url(port)
     try:
         payloads = shapes()
         print("bytes per request (100,000 records) ...", flush=True)
@@ -176,8 +179,8 @@ after 770,000 requests).
 Memory is bounded by rate x retention: stream entries older than the retention are trimmed as
 new ones are written (MINID), so the stream holds a flat {RATE * RETENTION_S:,} entries; a
 minute's label hash expires {RETENTION_S} s after its minute ends, so between {RETENTION_S} and
-{logkeys.BUCKET_S + RETENTION_S} s of markers are held and memory saw-tooths within a fixed band,
-a minute at a time. From {logkeys.BUCKET_S + RETENTION_S} s on (two full minutes and more),
+{keys.BUCKET_S + RETENTION_S} s of markers are held and memory saw-tooths within a fixed band,
+a minute at a time. From {keys.BUCKET_S + RETENTION_S} s on (two full minutes and more),
 `used_memory` stayed within **{spread}**; after the last of the {steady['requests']:,} requests it
 was {steady['final_mb']} MB. Written {steady['written']:,}, dropped {steady['dropped']}.
 

@@ -34,8 +34,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import one_transaction, prepare, run_wrk, write_results  # noqa: E402
 
-from healmesh import procs, schema  # noqa: E402
+from healmesh import schema  # noqa: E402
 from healmesh.data import generate  # noqa: E402
+from healmesh.ops import procs  # noqa: E402
+from healmesh.settings import get_settings  # noqa: E402
+from healmesh.urls import local_redis_url  # noqa: E402
 
 TOKEN = "bench-admin-token-0123"
 
@@ -51,7 +54,7 @@ class Mesh:
                         for name, target in procs.SCORERS.items()}
         urls = {"HEALMESH_XGB_URL": self.scorers["xgboost"].url, "HEALMESH_TORCH_URL": self.scorers["pytorch"].url,
                 "HEALMESH_FALLBACK_URL": self.scorers["fallback"].url,
-                "HEALMESH_REDIS_URL": f"redis://127.0.0.1:{self.redis.port}/0"}
+                "HEALMESH_REDIS_URL": local_redis_url(self.redis.port)}
         self.gateway = procs.bentoml_server("bench-gateway", "gateway.service:Gateway", procs.free_port(),
                                             work / "logs", env={**self.env, **urls}, cwd=ROOT)
 
@@ -112,7 +115,8 @@ def chaos(mesh: Mesh, concurrency: int = 16, total_s: float = 60.0, kill_at: flo
             t = time.monotonic() - t0
             try:
                 st = mesh.state()
-                weights.append((t, st["effective_weights"]["xgboost_stable"], st["breakers"]["xgboost_stable"]["state"]))
+                weights.append((t, st["effective_weights"]["xgboost_stable"],
+                                st["breakers"]["xgboost_stable"]["state"]))
             except httpx.HTTPError:
                 pass
             if "killed" not in marks and t >= kill_at:
@@ -157,7 +161,9 @@ def chaos(mesh: Mesh, concurrency: int = 16, total_s: float = 60.0, kill_at: flo
 
 
 def render(meta: dict[str, Any], results: dict[str, Any]) -> str:
-    lines = [f"# Gateway benchmark ({meta['date']})", "", f"{meta['machine']}, {meta['cpus']} CPUs.", ""]
+    workers = meta.get("gateway_workers", 1)  # results before the setting was recorded: one worker
+    lines = [f"# Gateway benchmark ({meta['date']})", "",
+             f"{meta['machine']}, {meta['cpus']} CPUs, {workers} gateway worker{'s' if workers != 1 else ''}.", ""]
     if "overhead" in results:
         o = results["overhead"]
         lines += ["## Overhead: 64 clients, wrk, one transaction per request", "",
@@ -203,7 +209,7 @@ def main() -> None:
     finally:
         bench.cleanup()
     meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": platform.platform(),
-            "cpus": os.cpu_count()}
+            "cpus": os.cpu_count(), "gateway_workers": get_settings().gateway_workers}
     write_results(args.out, "gateway_bench", {"meta": meta, "results": results}, render(meta, results))
 
 

@@ -23,8 +23,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import prepare, write_results  # noqa: E402
 
-from healmesh import procs  # noqa: E402
 from healmesh.data import DriftSpec, generate  # noqa: E402
+from healmesh.ops import procs  # noqa: E402
+from healmesh.urls import local_redis_url  # noqa: E402
 
 TOKEN = "bench-admin-token-0123"
 LABELLER_TOKEN = "bench-labeller-token-0123"
@@ -42,7 +43,7 @@ def main() -> None:
 
     work = bench.work
     redis_srv = procs.redis_server(procs.free_port(), work / "redis", work / "logs").launch(timeout=20)
-    os.environ.update({"HEALMESH_REDIS_URL": f"redis://127.0.0.1:{redis_srv.port}/0",
+    os.environ.update({"HEALMESH_REDIS_URL": local_redis_url(redis_srv.port),
                        "HEALMESH_ADMIN_TOKEN": TOKEN, "HEALMESH_LABELLER_TOKEN": LABELLER_TOKEN,
                        "HEALMESH_DRIFT_REPORTS_DIR": str(work / "drift_reports")})
     os.environ.pop("HEALMESH_MLFLOW_TRACKING_URI", None)
@@ -98,7 +99,8 @@ def main() -> None:
     md = "\n".join([
         f"# Lifecycle benchmark ({meta['date']})", "", f"{meta['machine']}, {meta['cpus']} CPUs.", "",
         "| step | records | seconds |", "|---|---:|---:|",
-        f"| drift check (stats + Evidently report + index) | {res['drift_check']['window']} | {res['drift_check']['seconds']} |",
+        f"| drift check (stats + Evidently report + index) | {res['drift_check']['window']} | "
+        f"{res['drift_check']['seconds']} |",
         f"| retrain (read, join labels, fit, score, log, register) | {res['retrain']['labelled_records']} | "
         f"{res['retrain']['seconds']} |",
         "", f"Candidate ROC AUC {res['retrain']['candidate_auc']} against champion {res['retrain']['champion_auc']} "

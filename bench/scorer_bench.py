@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import one_transaction, prepare, run_wrk, write_results  # noqa: E402
 
-from healmesh import procs  # noqa: E402
+from healmesh.ops import procs  # noqa: E402
 
 LEVELS = (1, 16, 64, 256)
 

@@ -2,7 +2,7 @@
 ### canary_rollout
 
 Rolls the `challenger` out as a canary of the XGBoost scorer: its canary slot loads the
-version, then stages (`HEALMESH_CANARY_STAGES`, default 10 % -> 50 % -> 100 % of the XGBoost
+version, then stages (`HEALMESH_CANARY__STAGES`, default 10 % -> 50 % -> 100 % of the XGBoost
 share). Each stage holds for the analysis interval, needs enough canary calls for every check,
 and compares canary with stable on error rate and p95 latency (the gateway's metrics, across
 gateway restarts) and, where enough labels exist, live AUC. Any failed check fails the stage at
@@ -31,17 +31,11 @@ import pendulum
 from airflow.sdk import Asset, Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from healmesh.lifecycle.airflow_tasks import CHALLENGER_ASSET
+from healmesh.lifecycle.airflow_tasks import CHALLENGER_ASSET, rollout_settings
 
 CHALLENGER = Asset(CHALLENGER_ASSET)
 
-try:  # configuration from the environment only: cheap at parse time
-    from healmesh.lifecycle.airflow_tasks import rollout_settings
-
-    CONF = rollout_settings()
-except Exception:  # noqa: BLE001 - a parse must never fail on configuration
-    CONF = {"stages": (10, 50, 100), "promote_retries": 3, "rollback_retries": 5, "retry_delay_s": 30.0,
-            "retry_max_delay_s": 600.0}
+CONF = rollout_settings()  # the environment only: cheap at parse time, never failing on a bad value
 # exponential backoff (x2 per try, capped) for the steps that talk to MLflow at the end
 RETRY = {"retry_delay": timedelta(seconds=CONF["retry_delay_s"]), "retry_exponential_backoff": 2.0,
          "max_retry_delay": timedelta(seconds=CONF["retry_max_delay_s"])}

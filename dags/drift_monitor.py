@@ -18,16 +18,11 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
 
-from healmesh.lifecycle.airflow_tasks import DRIFT_ASSET
+from healmesh.lifecycle.airflow_tasks import DRIFT_ASSET, drift_schedule
 
 DRIFT = Asset(DRIFT_ASSET)
 
-try:  # settings only read the environment: cheap enough at parse time
-    from healmesh.settings import get_settings
-
-    SCHEDULE = get_settings().drift_schedule
-except Exception:  # noqa: BLE001 - a parse must never fail on configuration
-    SCHEDULE = "*/15 * * * *"
+SCHEDULE = drift_schedule()  # the environment only: cheap at parse time, never failing on a bad value
 
 
 @dag(
@@ -54,7 +49,9 @@ def drift_monitor():
     @task.short_circuit
     def drifted(result: dict) -> bool:
         """Only drift goes on to retraining."""
-        return result["decision"] == "drift"
+        from healmesh.policies.drift_decision import DriftDecision
+
+        return result["decision"] == DriftDecision.DRIFT
 
     @task(outlets=[DRIFT])
     def request_retraining(result: dict, outlet_events=None) -> dict:

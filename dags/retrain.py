@@ -6,7 +6,7 @@ share of the champion's reference data; trains an XGBoost candidate; scores cand
 champion on the same recent labelled holdout. Logs params, metrics, the model (signature,
 input example), the drift report, a new reference sample and lineage tags (trigger, drift
 check, data window) to MLflow. Only a candidate that passes the gate (ROC AUC not worse than
-the champion's, within `HEALMESH_GATE_TOLERANCE`) is registered.
+the champion's, within `HEALMESH_RETRAIN__GATE_TOLERANCE`) is registered.
 
 A registered candidate becomes the `challenger` only while no canary rollout is running (the
 rollout lease is free): **install_challenger** waits for it, checking every
@@ -25,18 +25,13 @@ import pendulum
 from airflow.sdk import Asset, Param, PokeReturnValue, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from healmesh.lifecycle.airflow_tasks import CHALLENGER_ASSET, DRIFT_ASSET
+from healmesh.lifecycle.airflow_tasks import CHALLENGER_ASSET, DRIFT_ASSET, challenger_wait_settings
 from healmesh.lifecycle.report_ids import REPORT_ID_PATTERN
 
 DRIFT = Asset(DRIFT_ASSET)
 CHALLENGER = Asset(CHALLENGER_ASSET)
 
-try:  # configuration from the environment only: cheap at parse time
-    from healmesh.lifecycle.airflow_tasks import challenger_wait_settings
-
-    WAIT = challenger_wait_settings()
-except Exception:  # noqa: BLE001 - a parse must never fail on configuration
-    WAIT = {"wait_s": 3600.0, "poke_s": 15.0}
+WAIT = challenger_wait_settings()  # the environment only: cheap at parse time, never failing on a bad value
 
 
 @dag(

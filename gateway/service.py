@@ -13,7 +13,7 @@ from bentos.xgboost_scorer import XGBoostScorer
 from healmesh.access import AccessGuard, gateway_policy, settings_tokens
 from healmesh.gateway.api import PredictFastPath, build_app
 from healmesh.gateway.status_page import status_app
-from healmesh.gateway.wiring import redis_client, scorer_address
+from healmesh.gateway.wiring import redis_client, running_workers, scorer_address, server_started
 from healmesh.settings import get_settings
 
 S = get_settings()
@@ -44,7 +44,7 @@ class Gateway:
         addresses = {"xgboost": scorer_address(deps.xgboost, "HEALMESH_XGB_URL"),
                      "pytorch": scorer_address(deps.pytorch, "HEALMESH_TORCH_URL"),
                      "fallback": scorer_address(deps.fallback, "HEALMESH_FALLBACK_URL")}
-        self.core = GatewayCore(S, addresses, GatewayMetrics(), redis_client(S))
+        self.core = GatewayCore(S, addresses, GatewayMetrics(), redis_client(S), started_at=server_started())
 
     @bentoml.on_startup
     async def _start(self) -> None:
@@ -53,6 +53,16 @@ class Gateway:
     @bentoml.on_shutdown
     async def _stop(self) -> None:
         await self.core.stop()
+
+    async def __is_alive__(self) -> bool:
+        """Alive unless the server has run short of its workers for HEALMESH_GATEWAY_WORKER_MISSING_S
+        (a killed worker nobody replaced); else 503 with why, and the orchestrator restarts it."""
+        verdict = self.core.liveness(running_workers())
+        if not verdict.ready:
+            from starlette.exceptions import HTTPException
+
+            raise HTTPException(503, detail=verdict.reason)
+        return True
 
     async def __is_ready__(self) -> bool:
         """Ready when the model variants answer (healmesh.policies.readiness); else 503 with why."""

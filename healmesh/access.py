@@ -1,7 +1,7 @@
 """Who may call what, and how large a body may be, decided before a route reads a byte.
 
 Every gateway and scorer route has a rule (``RouteRule``): its credential (public, labeller,
-admin), its largest body, and whether its body must be JSON. ``AccessGuard``, an ASGI
+alerts, admin), its largest body, and whether its body must be JSON. ``AccessGuard``, an ASGI
 middleware in front of everything else the service runs, applies the rule: a missing or
 wrong credential is answered 401 and an oversize body 413 without reading the body (a 100 MB
 body to an admin route with no token used to be read in full: 4.8 s and +392 MB of RSS), a
@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from healmesh.credentials import bearer, matches
+from healmesh.errors import HealmeshError, InvalidData
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -32,6 +33,7 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 class Access(StrEnum):
     PUBLIC = "public"
     LABELLER = "labeller"  # labels (POST /feedback); the admin token may label too
+    ALERTS = "alerts"  # Alertmanager's webhook (POST /alerts); the admin token may post alerts too
     ADMIN = "admin"
 
 
@@ -65,13 +67,15 @@ class RoutePolicy:
 class Tokens:
     admin: str | None
     labeller: str | None = None
+    alerts: str | None = None
 
     def check(self, access: Access, given: str) -> bool | None:
         """True: allowed; False: wrong or missing credential; None: no credential is
         configured for this access, so nobody can have it (answered 503)."""
         if access is Access.PUBLIC:
             return True
-        accepted = [self.admin] if access is Access.ADMIN else [self.labeller, self.admin]
+        own = {Access.LABELLER: self.labeller, Access.ALERTS: self.alerts}
+        accepted = [self.admin] if access is Access.ADMIN else [own[access], self.admin]
         configured = [t for t in accepted if t]
         if not configured:
             return None
@@ -82,7 +86,12 @@ def settings_tokens() -> Tokens:
     from healmesh.settings import get_settings
 
     s = get_settings()
-    return Tokens(admin=s.admin_token, labeller=s.labeller_token)
+    return Tokens(admin=s.admin_token, labeller=s.labeller_token, alerts=s.alerts_token)
+
+
+# the settings that configure each credential (named when none is configured)
+TOKEN_SETTINGS = {Access.ADMIN: "HEALMESH_ADMIN_TOKEN", Access.LABELLER: "HEALMESH_LABELLER_TOKEN",
+                  Access.ALERTS: "HEALMESH_ALERTS_TOKEN"}
 
 
 def requires(access: Access) -> Callable[..., None]:
@@ -102,7 +111,7 @@ def requires(access: Access) -> Callable[..., None]:
 
 # --- JSON bodies ---------------------------------------------------------------------------------
 
-class RequestRejected(Exception):
+class RequestRejected(HealmeshError):
     """A request refused with ``status``; ``detail`` lists fields at fault (for 422)."""
 
     def __init__(self, status: int, error: str, detail: list[dict[str, Any]] | None = None,
@@ -117,7 +126,9 @@ class RequestRejected(Exception):
         return json.dumps(out).encode()
 
 
-class _Duplicate(ValueError):
+class DuplicateKey(InvalidData):
+    """A JSON object with a key twice (which one would win is up to each parser)."""
+
     def __init__(self, key: str) -> None:
         super().__init__(key)
         self.key = key
@@ -129,13 +140,13 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for k, _ in pairs:
             if k in seen:
-                raise _Duplicate(k)
+                raise DuplicateKey(k)
             seen.add(k)
     return out
 
 
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
+    raise InvalidData(f"{name} is not a JSON number")
 
 
 def loads_strict(raw: bytes) -> Any:
@@ -143,7 +154,7 @@ def loads_strict(raw: bytes) -> Any:
     no NaN or Infinity, and nesting too deep for the parser is a 400, not a crash."""
     try:
         return json.loads(raw, object_pairs_hook=_unique, parse_constant=_no_constant)
-    except _Duplicate as exc:
+    except DuplicateKey as exc:
         raise RequestRejected(422, "duplicate key in the JSON body", [
             {"field": exc.key, "loc": ["body", exc.key], "msg": f"the key {exc.key!r} appears more than once",
              "type": "duplicate_key"}]) from None
@@ -193,8 +204,9 @@ class AccessGuard:
             given = bearer((_header(headers, b"authorization") or b"").decode("latin-1"))
             verdict = self.tokens().check(rule.access, given)
             if verdict is None:
+                names = " / ".join(sorted({TOKEN_SETTINGS[rule.access], TOKEN_SETTINGS[Access.ADMIN]}))
                 raise RequestRejected(503, f"{rule.access.value} API disabled: no {rule.access.value} token is "
-                                        f"configured (HEALMESH_ADMIN_TOKEN / HEALMESH_LABELLER_TOKEN)")
+                                        f"configured ({names})")
             if not verdict:
                 raise RequestRejected(401, f"missing or wrong {rule.access.value} token",
                                    headers={"www-authenticate": "Bearer"})
@@ -258,6 +270,8 @@ async def _answer(send: Send, exc: RequestRejected) -> None:
 KB = 1024
 PUBLIC_GET = 64 * KB  # routes that take no body: a small limit, not none (a GET may carry one)
 ADMIN_BODY = 64 * KB
+# Alertmanager's webhook: at most `max_alerts` (healmesh.ops.alerting) alerts of a few hundred bytes
+ALERTS_BODY = 256 * KB
 
 
 def gateway_policy(max_predict_bytes: int) -> RoutePolicy:
@@ -267,6 +281,7 @@ def gateway_policy(max_predict_bytes: int) -> RoutePolicy:
         RouteRule("/api/v1/predict", Access.PUBLIC, max_predict_bytes, check_json=False),
         RouteRule("/api/v1/feedback", Access.LABELLER, 4 * KB),
         RouteRule("/api/v1/feedback/batch", Access.LABELLER, 512 * KB),  # 1,000 labels of ~80 bytes
+        RouteRule("/api/v1/alerts", Access.ALERTS, ALERTS_BODY),
         RouteRule("/api/v1/admin", Access.ADMIN, ADMIN_BODY),
         RouteRule("/api/v1/admin/", Access.ADMIN, ADMIN_BODY),
     ), default=RouteRule("/", Access.PUBLIC, PUBLIC_GET))

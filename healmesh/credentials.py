@@ -1,7 +1,7 @@
-"""Secrets: the admin token, the labeller token and the Redis password.
+"""Secrets: the admin token, the labeller token, the alerts token and the Redis password.
 
 Each is taken from its setting (``HEALMESH_ADMIN_TOKEN``, ``HEALMESH_LABELLER_TOKEN``,
-``HEALMESH_REDIS_PASSWORD``) or else from a file under ``$HEALMESH_HOME/secrets/``, generated
+``HEALMESH_ALERTS_TOKEN``, ``HEALMESH_REDIS_PASSWORD``) or else from a file under ``$HEALMESH_HOME/secrets/``, generated
 once. A secret file is created 0600 from the start (``O_CREAT | O_EXCL`` with the mode), never
 written and then chmodded: there is no moment at which another user could open it. Nothing
 here logs a secret's value; callers print paths, not contents.
@@ -20,6 +20,7 @@ from healmesh.settings import Settings
 
 ADMIN_TOKEN = "admin_token"
 LABELLER_TOKEN = "labeller_token"
+ALERTS_TOKEN = "alerts_token"
 REDIS_PASSWORD = "redis_password"
 
 
@@ -85,6 +86,29 @@ def admin_token(settings: Settings) -> str:
 def labeller_token(settings: Settings) -> str:
     """The labeller token (``POST /feedback``): the setting, or a generated file."""
     return settings.labeller_token or read_or_create(secret_path(settings, LABELLER_TOKEN))
+
+
+def alerts_token(settings: Settings) -> str:
+    """The alerts token (``POST /api/v1/alerts``, Alertmanager's webhook): the setting, or a
+    generated file."""
+    return settings.alerts_token or read_or_create(secret_path(settings, ALERTS_TOKEN))
+
+
+def alerts_token_file(settings: Settings) -> Path:
+    """The file holding the alerts token in effect, for the Alertmanager (which reads its bearer
+    token from a file): ``$HEALMESH_HOME/secrets/alerts_token``, generated once; when
+    ``HEALMESH_ALERTS_TOKEN`` is set, the file is made to hold that value (created afresh, 0600)."""
+    path = secret_path(settings, ALERTS_TOKEN)
+    token = alerts_token(settings)
+    try:
+        current = path.read_text().strip()
+    except FileNotFoundError:
+        current = None
+    if current != token:
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(FileExistsError):  # another process wrote it first: same value
+            write_secret(path, token)
+    return path
 
 
 def redis_password_file(settings: Settings) -> Path:

@@ -11,6 +11,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from healmesh.errors import InvalidData
+
 
 def choose_threshold(y: np.ndarray, p: np.ndarray) -> float:
     """The threshold with the best F1 on ``(y, p)`` (the validation split, never the holdout)."""
@@ -20,20 +22,11 @@ def choose_threshold(y: np.ndarray, p: np.ndarray) -> float:
     return float(thresholds[best]) if len(thresholds) else 0.5
 
 
-def live_auc(labels: np.ndarray, probabilities: np.ndarray, min_labels: int, min_positives: int) -> float | None:
-    """ROC AUC of live answers against their feedback labels; None when there are too few
-    labels, too few positives, or only one class to rank."""
-    n, positives = len(labels), int(np.sum(labels))
-    if n < min_labels or positives < min_positives or positives == n:
-        return None
-    return float(roc_auc_score(labels, probabilities))
-
-
 def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
     y = np.asarray(y)
     p = np.asarray(p, dtype=float)
     if len(np.unique(y)) < 2:
-        raise ValueError("metrics need both classes in the labels")
+        raise InvalidData("metrics need both classes in the labels")
     pred = (p >= threshold).astype(int)
     return {
         "roc_auc": float(roc_auc_score(y, p)),

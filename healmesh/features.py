@@ -41,12 +41,12 @@ def encode_frame(df: pd.DataFrame) -> np.ndarray:
     for i, f in enumerate(schema.NUMERIC):
         out[:, i] = df[f.name].to_numpy(dtype=np.float32)
     rows = np.arange(len(df))
-    for f in schema.CATEGORICAL:
-        codes = pd.Categorical(df[f.name], categories=f.categories).codes
+    for c in schema.CATEGORICAL:
+        codes = pd.Categorical(df[c.name], categories=c.categories).codes
         if (codes < 0).any():
-            bad = df[f.name].iloc[int(np.argmax(codes < 0))]
-            raise schema.SchemaError(f.name, f"value {bad!r} is not a known category")
-        out[rows, _CAT_OFFSETS[f.name] + codes] = 1.0
+            bad = df[c.name].iloc[int(np.argmax(codes < 0))]
+            raise schema.SchemaError(c.name, f"value {bad!r} is not a known category")
+        out[rows, _CAT_OFFSETS[c.name] + codes] = 1.0
     return out
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 from healmesh.settings import Settings
+from healmesh.urls import local_redis_url
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def remember(settings: Settings, state: Managed) -> None:
 
 def default_url(settings: Settings) -> str:
     """Where `healmesh up` first tries to run its Redis."""
-    return f"redis://127.0.0.1:{settings.redis_port}/0"
+    return local_redis_url(settings.redis_port)
 
 
 def password_file(settings: Settings) -> Path | None:

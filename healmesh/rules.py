@@ -56,7 +56,8 @@ RULES: tuple[Rule, ...] = (
          lambda c: (c["distance_from_home_km"] > 100) & (c["geo"] == "domestic"),
          "over 100 km from home in the home country"),
     Rule("card_not_present_high_value_goods", ("channel", "merchant_category"), 1.0,
-         lambda c: _in(c["channel"], "online", "phone_order") & _in(c["merchant_category"], "electronics", "jewelry", "travel"),
+         lambda c: (_in(c["channel"], "online", "phone_order")
+                    & _in(c["merchant_category"], "electronics", "jewelry", "travel")),
          "card not present, buying easily resold goods"),
     Rule("tiny_card_not_present", ("amount", "channel"), 1.0,
          lambda c: (c["amount"] < 5) & _in(c["channel"], "online", "phone_order"),

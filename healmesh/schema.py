@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from healmesh.errors import InvalidData
+
 LABEL = "is_fraud"
 # The entity key: optional on requests, used for sticky routing; never a model input.
 ENTITY_KEY = "card_id"
@@ -48,15 +50,19 @@ FEATURES: tuple[Feature, ...] = (
     NumericFeature("amount", "USD", 0.0, 50_000.0, "transaction amount", skewed=True),
     NumericFeature("hour", "hour of day (card holder's local time)", 0, 23, "hour of the transaction", integer=True),
     NumericFeature("distance_from_home_km", "km", 0.0, 20_000.0, "distance from the card holder's home", skewed=True),
-    NumericFeature("distance_from_last_txn_km", "km", 0.0, 20_000.0, "distance from the card's previous transaction", skewed=True),
-    NumericFeature("seconds_since_last_txn", "s", 0.0, 31_536_000.0, "time since the card's previous transaction", skewed=True),
+    NumericFeature("distance_from_last_txn_km", "km", 0.0, 20_000.0, "distance from the card's previous transaction",
+                   skewed=True),
+    NumericFeature("seconds_since_last_txn", "s", 0.0, 31_536_000.0, "time since the card's previous transaction",
+                   skewed=True),
     NumericFeature("txn_count_1h", "transactions", 0, 200, "card's transactions in the last hour", integer=True),
     NumericFeature("txn_count_24h", "transactions", 0, 1_000, "card's transactions in the last 24 hours", integer=True),
-    NumericFeature("amount_to_avg_7d", "ratio", 0.0, 1_000.0, "amount divided by the card's 7-day average amount", skewed=True),
+    NumericFeature("amount_to_avg_7d", "ratio", 0.0, 1_000.0, "amount divided by the card's 7-day average amount",
+                   skewed=True),
     NumericFeature("card_age_days", "days", 0, 20_000, "days since the card was issued", integer=True),
     NumericFeature("customer_age_years", "years", 18, 110, "card holder's age", integer=True),
     NumericFeature("merchant_risk_score", "probability", 0.0, 1.0, "merchant's historical chargeback risk"),
-    NumericFeature("failed_auth_24h", "attempts", 0, 50, "failed PIN/CVV attempts on the card in 24 hours", integer=True),
+    NumericFeature("failed_auth_24h", "attempts", 0, 50, "failed PIN/CVV attempts on the card in 24 hours",
+                   integer=True),
     CategoricalFeature(
         "merchant_category",
         ("grocery", "restaurant", "fuel", "online_retail", "entertainment", "pharmacy",
@@ -102,7 +108,7 @@ def example_row() -> dict[str, Any]:
 
 def _field_type(f: Feature) -> Any:
     if isinstance(f, CategoricalFeature):
-        return Annotated[Literal[f.categories], Field(description=f"{f.description}; one of {', '.join(f.categories)}")]  # type: ignore[valid-type]
+        return Annotated[Literal[f.categories], Field(description=f"{f.description}; one of {', '.join(f.categories)}")]
     base = int if f.integer else float
     # strict: "12.5" (a string) or true are wrong types, not numbers to coerce
     return Annotated[
@@ -133,7 +139,7 @@ Transaction: type[BaseModel] = _build_transaction_model()
 # --- frame validation (files, generator output) ---------------------------------------------
 
 
-class SchemaError(ValueError):
+class SchemaError(InvalidData):
     """A table does not match the schema; names the column and the first bad row."""
 
     def __init__(self, column: str, message: str, row: int | None = None) -> None:

@@ -1,4 +1,10 @@
-"""The one settings object. Every knob is an environment variable ``HEALMESH_<NAME>``.
+"""The one settings object. Every knob is an environment variable ``HEALMESH_<NAME>``; a knob of a
+group is ``HEALMESH_<GROUP>__<NAME>`` (``HEALMESH_BREAKER__OPEN_WAIT_S``).
+
+A group that a policy reads is that policy's own frozen config class (``breaker`` is
+``policies.breaker.BreakerConfig``): its defaults and validation are written there, once.
+Constructing Settings reads the environment and nothing else that can block (the DAG files
+read it while they are parsed); the default gateway worker count reads the cgroup CPU quota.
 
 Defaults are the embedded, single-machine set-up (`make up`): everything lives under
 ``HEALMESH_HOME`` (``./.healmesh``), MLflow is a local SQLite store unless
@@ -10,13 +16,95 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from healmesh.policies.breaker import BreakerConfig
+from healmesh.policies.canary import CanaryConfig
+from healmesh.policies.chain import ChainConfig
+from healmesh.policies.drift import DriftThresholds
+from healmesh.policies.retry_budget import RetryBudgetConfig
+from healmesh.urls import local_url
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by its cgroup's CPU quota (a container
+    limited to 1.5 CPUs on a 32-core host counts 1)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, _cgroup_cpu_limit() or cpus))
+
+
+def _cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Whole CPUs of the CPU quota of this process's cgroup (v2 ``cpu.max``, v1
+    ``cpu.cfs_quota_us``), at least 1; None when there is none or it cannot be read."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else max(1, int(quota) // int(period))
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 else max(1, quota_us // period_us)
+    except (OSError, ValueError):
+        return None
+
+
+def default_gateway_workers() -> int:
+    """Two gateway workers where there are two CPUs or more, one otherwise."""
+    return 2 if available_cpus() >= 2 else 1
+
+
+class FeatureLogConfig(BaseModel):
+    """The gateway's feature log: a Redis stream, written off the hot path (``HEALMESH_FEATURE_LOG__<NAME>``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stream_maxlen: int = Field(default=1_000_000, ge=1_000)
+    buffer_max: int = Field(default=100_000, ge=1)
+    flush_batch: int = Field(default=256, ge=1)
+    flush_interval_ms: float = Field(default=20.0, gt=0)
+
+
+class RetrainConfig(BaseModel):
+    """The retraining DAG: the window it reads, what a training set needs, and the gate
+    (``HEALMESH_RETRAIN__<NAME>``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    window_records: int = Field(default=50_000, ge=100)
+    min_labels: int = Field(default=1_000, ge=10)
+    min_positives: int = Field(default=20, ge=2)
+    reference_share: float = Field(default=0.3, ge=0, le=5)
+    holdout_share: float = Field(default=0.3, gt=0, lt=1)
+    # the candidate may trail the champion by at most this much ROC AUC on the shared holdout
+    gate_tolerance: float = Field(default=0.005, ge=0)
+
+
+class RolloutConfig(BaseModel):
+    """The canary DAG's lease and retries (``HEALMESH_ROLLOUT__<NAME>``); its stages and checks are
+    ``Settings.canary``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # One rollout at a time: the running rollout holds a lease in Redis, extended by every stage
+    # check and by each promote/rollback try; it must outlast the longest retry delay below.
+    lease_ttl_s: float = Field(default=900.0, gt=0)
+    # promote and rollback retry with exponential backoff (delay x2 per try, capped); a promote
+    # that still fails ends the rollout `failed` with the mesh back on the champion
+    promote_retries: int = Field(default=3, ge=0)
+    rollback_retries: int = Field(default=5, ge=0)
+    retry_delay_s: float = Field(default=30.0, gt=0)
+    retry_max_delay_s: float = Field(default=600.0, gt=0)
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="HEALMESH_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="HEALMESH_", env_nested_delimiter="__", extra="ignore")
 
     home: Path = Field(default=Path(".healmesh"), description="state directory (MLflow db, caches)")
 
@@ -63,12 +151,22 @@ class Settings(BaseSettings):
     # Who may post labels (POST /feedback): a token of its own, so a labelling service holds no
     # admin rights. The admin token may label too.
     labeller_token: str | None = Field(default=None, min_length=8)
+    # Who may post alerts (POST /api/v1/alerts: Alertmanager's webhook): a token of its own, so
+    # the Alertmanager holds no admin rights. The admin token may post alerts too.
+    alerts_token: str | None = Field(default=None, min_length=8)
     # Torch device: "auto" picks CUDA when there is one.
     torch_device: str = "auto"
 
     # --- gateway ---------------------------------------------------------------------------
     gateway_port: int = 8000
-    gateway_workers: int = Field(default=1, ge=1)
+    # Gateway worker processes (BentoML workers of one server, sharing its port). Default: 2 with
+    # two CPUs or more, else 1. They share the routing state through Redis and export metrics
+    # together; breakers, admission and readiness probes are per worker (docs/architecture.md).
+    gateway_workers: int = Field(default_factory=default_gateway_workers, ge=1)
+    # /livez answers 503 once the gateway server has run short of its workers this long. BentoML
+    # replaces a dead worker within about 10 s, except in its container images (BENTOML_CONTAINERIZED),
+    # where nothing would: the orchestrator's liveness probe then restarts the container.
+    gateway_worker_missing_s: float = Field(default=60.0, gt=0)
     # A scorer given by URL is called there (another host or container); without a URL the
     # gateway reaches it through the BentoML composition (`bentoml serve` of the mesh).
     xgb_url: str | None = None
@@ -90,9 +188,7 @@ class Settings(BaseSettings):
     redis_maxmemory: str = Field(default="1gb", pattern=r"(?i)^\d+(b|k|kb|m|mb|g|gb)?$")
     key_prefix: str = "healmesh"
     # Whole-request deadline; a model attempt may use it minus what the fallback needs.
-    deadline_ms: float = Field(default=800.0, gt=0)
-    attempt_timeout_ms: float = Field(default=500.0, gt=0)
-    fallback_reserve_ms: float = Field(default=100.0, ge=0)
+    chain: ChainConfig = ChainConfig()
     sticky_routing: bool = True
     # Calls in flight per scorer endpoint; what arrives meanwhile is coalesced into one call of
     # up to upstream_max_rows rows (keep it <= the scorer's max_batch_size).
@@ -104,30 +200,16 @@ class Settings(BaseSettings):
     # with 503 + Retry-After instead of queueing.
     max_in_flight: int = Field(default=1_024, ge=1)
     # Circuit breakers (one per variant and for the fallback scorer)
-    breaker_consecutive_failures: int = Field(default=5, ge=1)
-    breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
-    breaker_min_calls: int = Field(default=20, ge=1)
-    breaker_window_s: float = Field(default=10.0, gt=0)
-    breaker_open_wait_s: float = Field(default=5.0, gt=0)
-    breaker_half_open_probes: int = Field(default=3, ge=1)
-    breaker_probes_to_close: int = Field(default=3, ge=1)
-    breaker_ramp: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
-    breaker_ramp_step_s: float = Field(default=2.0, gt=0)
+    breaker: BreakerConfig = BreakerConfig()
     probe_interval_s: float = Field(default=1.0, gt=0)
     # The gateway is ready once every weighted model variant answered a test prediction, or, after
     # this long, once one does (a scorer that never starts must not keep the mesh out of service).
     ready_grace_s: float = Field(default=60.0, ge=0)
-    retry_budget_ratio: float = Field(default=0.2, ge=0, le=1)
-    retry_budget_window_s: int = Field(default=10, ge=1)
-    retry_budget_min: int = Field(default=10, ge=0)
+    retry_budget: RetryBudgetConfig = RetryBudgetConfig()
     # Shadow traffic: bounded in-flight calls, dropped (and counted) beyond.
     shadow_max_in_flight: int = Field(default=64, ge=1)
     shadow_timeout_ms: float = Field(default=1_000.0, gt=0)
-    # Feature log: a Redis stream, written off the hot path.
-    feature_stream_maxlen: int = Field(default=1_000_000, ge=1_000)
-    feature_buffer_max: int = Field(default=100_000, ge=1)
-    feature_flush_batch: int = Field(default=256, ge=1)
-    feature_flush_interval_ms: float = Field(default=20.0, gt=0)
+    feature_log: FeatureLogConfig = FeatureLogConfig()
     # How long after its answer a request can still be labelled: its features stay in the stream
     # and its label slot in Redis this long (set it to your label delay; Redis memory grows with
     # rate x retention, see bench/results/feature_log.md). A later label is answered 410.
@@ -142,47 +224,16 @@ class Settings(BaseSettings):
     gateway_tracing: bool = False
 
     # --- lifecycle: drift, retraining, canary rollout (the Airflow DAGs) --------------------
-    gateway_url: str = "http://127.0.0.1:8000"  # the DAGs change routing through its admin API
+    # the DAGs change routing through its admin API; default: the local gateway (gateway_port)
+    gateway_url: str | None = None
     drift_reports_dir: Path = Path("drift_reports")
     drift_schedule: str = "*/15 * * * *"
     drift_window_records: int = Field(default=10_000, ge=10)
     drift_window_minutes: float | None = Field(default=None, gt=0)
-    drift_psi: float = Field(default=0.2, gt=0)
-    drift_psi_alert: float = Field(default=0.25, gt=0)
-    drift_ks_stat: float = Field(default=0.1, gt=0)
-    drift_p_value: float = Field(default=0.01, gt=0, lt=1)
-    drift_js: float = Field(default=0.1, gt=0)
-    drift_share: float = Field(default=0.3, gt=0, le=1)
-    drift_min_window: int = Field(default=500, ge=10)
-    drift_auc_drop: float = Field(default=0.05, gt=0)
-    retrain_window_records: int = Field(default=50_000, ge=100)
-    retrain_min_labels: int = Field(default=1_000, ge=10)
-    retrain_min_positives: int = Field(default=20, ge=2)
-    retrain_reference_share: float = Field(default=0.3, ge=0, le=5)
-    retrain_holdout_share: float = Field(default=0.3, gt=0, lt=1)
-    # the candidate may trail the champion by at most this much ROC AUC on the shared holdout
-    gate_tolerance: float = Field(default=0.005, ge=0)
-    canary_stages: tuple[int, ...] = (10, 50, 100)
-    canary_interval_s: float = Field(default=60.0, gt=0)
-    canary_deadline_s: float = Field(default=180.0, gt=0)
-    canary_check_every_s: float = Field(default=5.0, gt=0)
-    canary_min_requests: int = Field(default=100, ge=1)
-    canary_min_latency_sample: int = Field(default=100, ge=1)
-    canary_max_error_rate_delta: float = Field(default=0.02, ge=0)
-    canary_max_p95_ratio: float = Field(default=1.5, ge=1)
-    canary_p95_slack_ms: float = Field(default=25.0, ge=0)
-    canary_min_quality_labels: int = Field(default=200, ge=10)
-    canary_min_quality_positives: int = Field(default=5, ge=1)
-    canary_max_auc_drop: float = Field(default=0.03, ge=0)
-    # One rollout at a time: the running rollout holds a lease in Redis, extended by every stage
-    # check and by each promote/rollback try; it must outlast the longest retry delay below.
-    rollout_lease_ttl_s: float = Field(default=900.0, gt=0)
-    # promote and rollback retry with exponential backoff (delay x2 per try, capped); a promote
-    # that still fails ends the rollout `failed` with the mesh back on the champion
-    rollout_promote_retries: int = Field(default=3, ge=0)
-    rollout_rollback_retries: int = Field(default=5, ge=0)
-    rollout_retry_delay_s: float = Field(default=30.0, gt=0)
-    rollout_retry_max_delay_s: float = Field(default=600.0, gt=0)
+    drift: DriftThresholds = DriftThresholds()
+    retrain: RetrainConfig = RetrainConfig()
+    canary: CanaryConfig = CanaryConfig()
+    rollout: RolloutConfig = RolloutConfig()
     # A retrained candidate that passed the gate waits this long for a running rollout to end
     # before it becomes the challenger (checking every challenger_poke_s); then it stays
     # registered without the alias.
@@ -192,6 +243,21 @@ class Settings(BaseSettings):
     # backend store of the MLflow server `make up` starts (default: SQLite under home)
     mlflow_backend_uri: str | None = None
     airflow_port: int = 8080
+    # Prometheus (scrapes the mesh, evaluates deploy/prometheus/rules.yml) and the Alertmanager
+    # it sends alerts to (which posts them to the gateway's POST /api/v1/alerts): healmesh.ops.alerting
+    prometheus_port: int = Field(default=9090, ge=1, le=65_535)
+    alertmanager_port: int = Field(default=9093, ge=1, le=65_535)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_moved_env_names(cls, data: Any) -> Any:
+        """A setting that moved into a group keeps no alias: its old env name would be ignored
+        without a word (a breaker tuned in a manifest silently back on its defaults), so it fails."""
+        stale = sorted(name for name in _moved_env_names() if name in os.environ)
+        if stale:
+            raise ValueError("renamed settings, set them by their new names: "
+                             + ", ".join(f"{old} -> {_moved_env_names()[old]}" for old in stale))
+        return data
 
     @field_validator("home", "drift_reports_dir")
     @classmethod
@@ -199,13 +265,25 @@ class Settings(BaseSettings):
         return value.expanduser().resolve()
 
     @property
+    def configured_tracking_uri(self) -> str | None:
+        """The tracking URI set from outside: ``MLFLOW_TRACKING_URI`` (read now: `healmesh up`
+        sets it for what it runs), else ``mlflow_tracking_uri``; None when neither is set."""
+        return os.environ.get("MLFLOW_TRACKING_URI") or self.mlflow_tracking_uri or None
+
+    @property
     def tracking_uri(self) -> str:
-        env = os.environ.get("MLFLOW_TRACKING_URI")
-        if env:
-            return env
-        if self.mlflow_tracking_uri:
-            return self.mlflow_tracking_uri
-        return f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+        """Where this process reads and writes the registry: the configured URI, else the SQLite store
+        under home (the same store the MLflow server of `healmesh up` serves)."""
+        return self.configured_tracking_uri or f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def local_mlflow_uri(self) -> str:
+        """The tracking URI of the stack: the configured one, else the MLflow server `healmesh up` runs."""
+        return self.configured_tracking_uri or local_url(self.mlflow_port)
+
+    @property
+    def gateway_api_url(self) -> str:
+        return self.gateway_url or local_url(self.gateway_port)
 
     @property
     def artifact_root(self) -> Path:
@@ -214,6 +292,26 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.home / "cache"
+
+
+@lru_cache(maxsize=1)
+def _moved_env_names() -> dict[str, str]:
+    """Old flat env name -> new nested one, for every field of every group (HEALMESH_BREAKER_OPEN_WAIT_S
+    -> HEALMESH_BREAKER__OPEN_WAIT_S), plus the fields that changed their name on the way."""
+    flat = {f"HEALMESH_{name}".upper() for name, f in Settings.model_fields.items()
+            if not (isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel))}
+    moved = {f"HEALMESH_{group}_{field}".upper(): f"HEALMESH_{group}__{field}".upper()
+             for group, f in Settings.model_fields.items()
+             if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
+             for field in f.annotation.model_fields}
+    moved |= {"HEALMESH_RETRY_BUDGET_MIN": "HEALMESH_RETRY_BUDGET__MIN_PER_WINDOW",
+              "HEALMESH_DEADLINE_MS": "HEALMESH_CHAIN__DEADLINE_S (seconds)",
+              "HEALMESH_ATTEMPT_TIMEOUT_MS": "HEALMESH_CHAIN__ATTEMPT_TIMEOUT_S (seconds)",
+              "HEALMESH_FALLBACK_RESERVE_MS": "HEALMESH_CHAIN__FALLBACK_RESERVE_S (seconds)",
+              "HEALMESH_GATE_TOLERANCE": "HEALMESH_RETRAIN__GATE_TOLERANCE",
+              **{f"HEALMESH_FEATURE_{name}": f"HEALMESH_FEATURE_LOG__{name}"
+                 for name in ("STREAM_MAXLEN", "BUFFER_MAX", "FLUSH_BATCH", "FLUSH_INTERVAL_MS")}}
+    return {old: new for old, new in moved.items() if old not in flat}
 
 
 @lru_cache(maxsize=1)

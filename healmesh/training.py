@@ -22,6 +22,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from healmesh import bento_store, features, registry, rules, schema
+from healmesh.errors import InvalidData
 from healmesh.evaluation import choose_threshold, classification_metrics
 from healmesh.models.bundle import BundleMeta, save_bundle
 from healmesh.settings import Settings
@@ -98,7 +99,8 @@ def fit_xgboost(train: pd.DataFrame, val: pd.DataFrame, seed: int) -> tuple[Any,
                              params={"num_trees": model.booster.num_boosted_rounds()})
 
 
-def fit_models(data: Split, config: TrainConfig, settings: Settings, progress: Progress) -> dict[str, tuple[Any, BundleMeta]]:
+def fit_models(data: Split, config: TrainConfig, settings: Settings,
+               progress: Progress) -> dict[str, tuple[Any, BundleMeta]]:
     from healmesh.models.mlp import MLPModel
 
     progress("fit xgboost")
@@ -118,7 +120,7 @@ def train(df: pd.DataFrame, settings: Settings, config: TrainConfig = TrainConfi
     """Train, evaluate and (unless told not to) log, register and store both models."""
     df = schema.validate_frame(df, require_label=True)
     if df[schema.LABEL].nunique() < 2:
-        raise ValueError("training data needs both fraudulent and legitimate rows")
+        raise InvalidData("training data needs both fraudulent and legitimate rows")
     progress("split")
     data = split(df, config)
     fitted = fit_models(data, config, settings, progress)
@@ -224,3 +226,16 @@ def register(settings: Settings, kind: str, logged: LoggedModel, tags: dict[str,
     name = registered_name(kind, settings)
     mv = mlflow.register_model(logged.model_uri, name, tags={"healmesh.kind": kind, **(tags or {})})
     return name, str(mv.version)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A ``TrainReport.to_dict()`` as the table `healmesh train` prints: holdout metrics per model."""
+    lines = [f"trained on {report['rows']} rows ({report['positive_rate']:.2%} fraud); holdout metrics:",
+             f"{'model':<10} {'ROC AUC':>8} {'PR AUC':>8} {'F1':>8} {'Brier':>8} {'threshold':>10}  registered"]
+    rows = [("rules", report["rules"], None)] + [(k, v["metrics"], v) for k, v in report["models"].items()]
+    for name, m, info in rows:
+        reg = "" if info is None else (f"{info['registered_name']} v{info['version']}"
+                                       + (" (champion)" if info["champion"] else "") if info["version"] else "-")
+        lines.append(f"{name:<10} {m['roc_auc']:>8.4f} {m['pr_auc']:>8.4f} {m['f1']:>8.4f} {m['brier']:>8.4f} "
+                     f"{m['threshold']:>10.4f}  {reg}")
+    return "\n".join(lines)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from healmesh.errors import InvalidData
 from healmesh.schema import validate_frame
 
 
@@ -23,5 +24,5 @@ def load_transactions(path: str | Path, *, require_label: bool = False) -> pd.Da
     elif suffix in (".parquet", ".pq"):
         frame = pd.read_parquet(p)
     else:
-        raise ValueError(f"{p}: unsupported file type {suffix!r}; use .csv or .parquet")
+        raise InvalidData(f"{p}: unsupported file type {suffix!r}; use .csv or .parquet")
     return validate_frame(frame, require_label=require_label)

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from healmesh import schema
+from healmesh.errors import ConfigError
 from healmesh.schema import ENTITY_KEY, LABEL, CategoricalFeature, NumericFeature
 
 PATTERN = "fraud_pattern"  # diagnostic column: which pattern made a fraud row ("legit" otherwise)
@@ -57,13 +58,14 @@ class DriftSpec:
     def __post_init__(self) -> None:
         for name, amount in self.covariate_shift.items():
             if name not in schema.BY_NAME:
-                raise ValueError(f"covariate_shift names unknown feature {name!r}; "
-                                 f"the schema has {', '.join(schema.FEATURE_NAMES)}")
+                raise ConfigError(f"covariate_shift names unknown feature {name!r}; "
+                                  f"the schema has {', '.join(schema.FEATURE_NAMES)}")
             f = schema.feature(name)
             if isinstance(f, CategoricalFeature) and not 0.0 <= amount <= 1.0:
-                raise ValueError(f"covariate_shift[{name!r}] must be in [0, 1] for a categorical feature, but was {amount}")
+                raise ConfigError(f"covariate_shift[{name!r}] must be in [0, 1] for a categorical feature, "
+                                  f"but was {amount}")
         if not 0.0 <= self.concept_drift <= 1.0:
-            raise ValueError(f"concept_drift must be in [0, 1], but was {self.concept_drift}")
+            raise ConfigError(f"concept_drift must be in [0, 1], but was {self.concept_drift}")
 
 
 NO_DRIFT = DriftSpec()
@@ -72,9 +74,9 @@ NO_DRIFT = DriftSpec()
 def generate(n: int, *, seed: int = 0, fraud_rate: float = 0.02, drift: DriftSpec = NO_DRIFT) -> pd.DataFrame:
     """``n`` transactions: the schema's features, ``is_fraud``, ``card_id`` and ``fraud_pattern``."""
     if n <= 0:
-        raise ValueError(f"n must be positive, but was {n}")
+        raise ConfigError(f"n must be positive, but was {n}")
     if not 0.0 < fraud_rate < 0.5:
-        raise ValueError(f"fraud_rate must be in (0, 0.5), but was {fraud_rate}")
+        raise ConfigError(f"fraud_rate must be in (0, 0.5), but was {fraud_rate}")
     rng = np.random.default_rng(seed)
     cols = _legit(rng, n)
     labels = rng.random(n) < fraud_rate
@@ -321,6 +323,6 @@ def _finalise(frame: pd.DataFrame) -> pd.DataFrame:
     frame["amount"] = np.maximum(np.round(frame["amount"], 2), 0.01)
     # the 24h count includes the last hour
     frame["txn_count_24h"] = np.minimum(frame["txn_count_24h"] + frame["txn_count_1h"], 1_000)
-    for f in schema.CATEGORICAL:
-        frame[f.name] = frame[f.name].astype(str)
+    for c in schema.CATEGORICAL:
+        frame[c.name] = frame[c.name].astype(str)
     return frame

@@ -5,6 +5,8 @@
   does no work and leaves no trace. 503 + Retry-After only when the gateway itself is full.
 - ``POST /feedback``, ``/feedback/batch`` (labeller or admin token): true labels of answered
   requests; 410 once the label retention has passed.
+- ``POST /alerts`` (alerts or admin token): Alertmanager's webhook; each alert becomes a
+  lifecycle event (``alert_firing`` / ``alert_resolved``) on the status page.
 - ``/admin/...`` (admin token): weights, shadow, rollout, label corrections, audit, state.
 
 Credentials and body sizes are checked before any of this runs (``healmesh.access``).
@@ -21,9 +23,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from healmesh import logkeys, registry, schema
+from healmesh import registry, schema
 from healmesh.access import Access, RequestRejected, loads_strict, requires
-from healmesh.gateway.control import (
+from healmesh.control import events, keys
+from healmesh.control.state import (
     ChangeConflict,
     ChangeRejected,
     Rollout,
@@ -31,6 +34,8 @@ from healmesh.gateway.control import (
     Shadow,
     check_rollout,
 )
+from healmesh.errors import Unavailable
+from healmesh.gateway import alerts as alert_webhook
 from healmesh.gateway.core import GatewayCore, Saturated
 from healmesh.gateway.feature_log import LabelResult
 from healmesh.policies import routing
@@ -38,6 +43,7 @@ from healmesh.policies.routing import Weights, WeightsError
 from healmesh.settings import get_settings
 
 ApiError = RequestRejected  # what the request parsers raise: status, error, detail
+WORKER_HEADER = b"x-healmesh-worker"
 
 
 def parse_predict_body(raw: bytes, max_rows: int) -> tuple[list[dict[str, Any]], bool]:
@@ -105,7 +111,8 @@ async def answer_predict(core: GatewayCore, raw: bytes, max_rows: int) -> tuple[
 
 
 class PredictFastPath:
-    """ASGI middleware answering ``POST /api/v1/predict`` before routing.
+    """ASGI middleware answering ``POST /api/v1/predict`` before routing; every answer that
+    passes it names the worker that gave it (``x-healmesh-worker``).
 
     Measured with py-spy at ~1,000 req/s: BentoML's context middleware, Starlette's router and
     mount, and FastAPI's own middleware and dependency stack took more CPU than the gateway's
@@ -115,20 +122,43 @@ class PredictFastPath:
         self.app = app
         self.path = path
         self.settings = get_settings()
+        self._worker: tuple[bytes, bytes] | None = None
+
+    def worker_header(self) -> list[tuple[bytes, bytes]]:
+        """``x-healmesh-worker: <instance id>``: which worker of the server answered (the id
+        its metrics and ``GET /api/v1/admin/state`` carry)."""
+        if self._worker is None:
+            try:
+                self._worker = (WORKER_HEADER, current_core().metrics.instance_id.encode())
+            except Exception:  # no core yet (not served by BentoML, or still starting)
+                return []
+        return [self._worker]
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["path"] != self.path or scope["method"] != "POST":
+            named = self.worker_header()
+
+            async def send_named(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message.get("headers", ()), *named]}
+                await send(message)
+
+            await self.app(scope, receive, send_named)
+            return
         status, payload, headers = await self._answer(scope, receive)
-        raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                       *self.worker_header()]
         raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": payload})
 
     async def _answer(self, scope: Any, receive: Any) -> tuple[int, bytes, dict[str, str]]:
         limit = self.settings.max_body_bytes
-        too_large = (413, json.dumps({"error": f"the body is larger than {limit} bytes"}).encode(), {})
+        too_large: tuple[int, bytes, dict[str, str]] = (
+            413, json.dumps({"error": f"the body is larger than {limit} bytes"}).encode(), {})
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
                 return too_large
@@ -160,7 +190,7 @@ class PredictAnswer(BaseModel):
     latency_ms: float
 
 
-REQUEST_ID = Field(pattern=logkeys.REQUEST_ID.pattern, description="the request_id of a /predict answer")
+REQUEST_ID = Field(pattern=keys.REQUEST_ID.pattern, description="the request_id of a /predict answer")
 LABEL = Field(ge=0, le=1, strict=True, description="the true label: 1 fraud, 0 legitimate (an integer)")
 WHY = Field(min_length=1, max_length=500, description="why this change (kept in the audit trail)")
 WHO = Field(default=None, max_length=100, description="who asks (default: the X-Healmesh-Actor header)")
@@ -208,15 +238,18 @@ class RolloutChange(BaseModel):
 def current_core() -> GatewayCore:
     import bentoml
 
-    return bentoml.get_current_service().core  # type: ignore[no-any-return]
+    return bentoml.get_current_service().core
 
 
 def _who(body_who: str | None, header: str | None) -> str:
     return body_who or header or "admin-api"
 
 
-def _unavailable(what: str, exc: BaseException) -> HTTPException:
-    return HTTPException(503, f"{what} unavailable: {type(exc).__name__}", headers={"Retry-After": "1"})
+def _unavailable(what: str, cause: BaseException | str, retry_after_s: int = 1) -> Unavailable:
+    """The one 503 for a store or service that did not answer (the app's handler renders it as
+    ``{"detail": "<what> is unavailable: <cause>"}`` with ``Retry-After``); an exception as the
+    cause is named by its type only: its text may hold addresses or keys."""
+    return Unavailable(what, cause if isinstance(cause, str) else type(cause).__name__, retry_after_s)
 
 
 def _invalid(field: str, msg: str) -> RequestRejected:
@@ -246,11 +279,16 @@ def build_app() -> FastAPI:
                    "loc": list(e.get("loc", [])), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
         return JSONResponse({"error": "invalid request", "detail": detail}, status_code=422)
 
+    @app.exception_handler(Unavailable)
+    async def _unavailable_answer(_: Request, exc: Unavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after_s)})
+
     @app.exception_handler(RequestRejected)
     async def _rejected(_: Request, exc: RequestRejected) -> Response:
         return Response(exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers)
 
-    @app.post("/predict", response_model=PredictAnswer | list[PredictAnswer], openapi_extra={"requestBody": PREDICT_BODY},
+    @app.post("/predict", response_model=PredictAnswer | list[PredictAnswer],
+              openapi_extra={"requestBody": PREDICT_BODY},
               responses={400: {"description": "malformed JSON"}, 413: {"description": "too large"},
                          415: {"description": "not JSON"}, 422: {"description": "invalid fields, each named"},
                          503: {"description": "gateway saturated; retry after the Retry-After seconds"}})
@@ -277,7 +315,7 @@ def build_app() -> FastAPI:
         try:
             result = await core.feature_log.label(fb.request_id, fb.label)
         except Exception as exc:  # Redis away: refuse rather than pretend
-            raise _unavailable("feature store", exc) from None
+            raise _unavailable("the feature store", exc) from None
         core.metrics.labels.labels(result.value).inc()
         if result in LABEL_STATUS:
             raise HTTPException(LABEL_STATUS[result], _label_message(result, fb.request_id, settings.label_retention_s))
@@ -292,7 +330,7 @@ def build_app() -> FastAPI:
         try:
             results = await core.feature_log.labels([(fb.request_id, fb.label) for fb in items])
         except Exception as exc:
-            raise _unavailable("feature store", exc) from None
+            raise _unavailable("the feature store", exc) from None
         out: dict[str, Any] = {"stored": 0, "unchanged": 0, "unknown": [], "conflicts": [], "expired": []}
         for fb, result in zip(items, results, strict=True):
             core.metrics.labels.labels(result.value).inc()
@@ -304,15 +342,36 @@ def build_app() -> FastAPI:
         return out
 
     app.include_router(labeller)
+    alerting = APIRouter(dependencies=[Depends(requires(Access.ALERTS))])
+
+    @alerting.post("/alerts", responses={401: {"description": "no alerts (or admin) token"},
+                                         422: {"description": "not an Alertmanager notification: the field named"},
+                                         503: {"description": "the event store is unavailable (Alertmanager retries)"}})
+    async def alerts(hook: alert_webhook.AlertmanagerWebhook) -> dict[str, Any]:
+        """Alertmanager's webhook receiver (version 4). Each alert is recorded as a lifecycle event
+        (`alert_firing` / `alert_resolved`, shown on /ui) once per fingerprint, status and
+        startsAt: Alertmanager's repeats and retries record nothing more."""
+        core, prefix = current_core(), settings.key_prefix
+        recorded = 0
+        try:
+            for ev in alert_webhook.events(hook):
+                recorded += await events.record_once(core.redis, prefix, alert_webhook.marker_key(prefix, ev),
+                                                     alert_webhook.MARKER_TTL_S, ev.kind, ev.message, **ev.data)
+        except Exception as exc:  # Redis away: a 503 makes Alertmanager retry; what was recorded stays once
+            raise _unavailable("the event store", exc) from None
+        return {"alerts": len(hook.alerts), "recorded": recorded}
+
+    app.include_router(alerting)
     admin = APIRouter(prefix="/admin", dependencies=[Depends(requires(Access.ADMIN))])
 
     @admin.get("/state")
     async def state() -> dict[str, Any]:
-        return current_core().describe()
+        core = await _read_your_writes()
+        return core.describe()
 
     @admin.get("/weights")
     async def get_weights() -> dict[str, Any]:
-        core = current_core()
+        core = await _read_your_writes()
         return {"weights": core.state.weights.as_dict(), "effective": core.effective_weights()}
 
     @admin.put("/weights", responses={409: {"description": "canary weight with no rollout running, or a stale "
@@ -322,13 +381,13 @@ def build_app() -> FastAPI:
         try:
             weights = Weights.parse(change.weights)
         except WeightsError as exc:
-            raise _invalid(exc.field, str(exc)) from None
+            raise _invalid(exc.field or "weights", str(exc)) from None
         return await _change(current_core(), "weights", weights, change.expected_version,
                              _who(change.who, x_healmesh_actor), change.why)
 
     @admin.get("/shadow")
     async def get_shadow() -> dict[str, Any]:
-        return current_core().state.describe()["shadow"]
+        return (await _read_your_writes()).state.describe()["shadow"]
 
     @admin.put("/shadow", responses={409: {"description": "the target's slot serves no model"}})
     async def set_shadow(change: ShadowChange, x_healmesh_actor: str | None = Header(default=None)) -> dict[str, Any]:
@@ -341,7 +400,7 @@ def build_app() -> FastAPI:
 
     @admin.get("/rollout")
     async def get_rollout() -> dict[str, Any]:
-        return current_core().state.describe()["rollout"]
+        return (await _read_your_writes()).state.describe()["rollout"]
 
     @admin.put("/rollout", responses={409: {"description": "illegal status change, or the canary slot does not "
                                                            "serve the version"},
@@ -351,7 +410,7 @@ def build_app() -> FastAPI:
         try:
             value = Rollout(stage=change.stage, canary_version=change.canary_version, status=change.status,
                             note=change.note)
-            check_rollout(value, tuple(get_settings().canary_stages))  # before asking anyone anything
+            check_rollout(value, get_settings().canary.stages)  # before asking anyone anything
         except ChangeRejected as exc:
             raise _invalid(exc.field or "rollout", str(exc)) from None
         if value.status is RolloutStatus.RUNNING and value.canary_version:
@@ -362,7 +421,7 @@ def build_app() -> FastAPI:
 
     @admin.put("/labels/{request_id}", responses={404: {"description": "unknown request id"},
                                                   410: {"description": "answered longer ago than the retention"}})
-    async def correct_label(change: LabelCorrection, request_id: str = Path(pattern=logkeys.REQUEST_ID.pattern),
+    async def correct_label(change: LabelCorrection, request_id: str = Path(pattern=keys.REQUEST_ID.pattern),
                             x_healmesh_actor: str | None = Header(default=None)) -> dict[str, Any]:
         """Correct a stored label (a chargeback reversed): audited with who and why."""
         core = current_core()
@@ -370,7 +429,7 @@ def build_app() -> FastAPI:
         try:
             result = await core.feature_log.correct(request_id, change.label, who=who, why=change.why)
         except Exception as exc:
-            raise _unavailable("feature store", exc) from None
+            raise _unavailable("the feature store", exc) from None
         core.metrics.labels.labels(result.value).inc()
         if result in LABEL_STATUS:
             raise HTTPException(LABEL_STATUS[result], _label_message(result, request_id, settings.label_retention_s))
@@ -381,7 +440,7 @@ def build_app() -> FastAPI:
         try:
             return await current_core().control.audit(limit)
         except Exception as exc:
-            raise _unavailable("control store", exc) from None
+            raise _unavailable("the control store", exc) from None
 
     app.include_router(admin)
     _install_schema_components(app)
@@ -403,8 +462,7 @@ async def _version_registered(version: str) -> None:
     settings = get_settings()
     known = await asyncio.to_thread(registry.version_exists, settings, settings.xgb_registered_name, version)
     if known is None:
-        raise HTTPException(503, "the model registry does not answer: cannot check canary_version",
-                            headers={"Retry-After": "5"})
+        raise _unavailable("the model registry", "cannot check canary_version", retry_after_s=5)
     if not known:
         raise _invalid("canary_version", f"{settings.xgb_registered_name} has no version {version!r}")
 
@@ -413,8 +471,7 @@ async def _canary_slot_serves(core: GatewayCore, version: str | None) -> None:
     """409 unless the XGBoost scorer's canary slot serves ``version`` (any model when None)."""
     slots = await core.scorer_slots("xgboost")
     if slots is None:
-        raise HTTPException(503, "the XGBoost scorer's admin API does not answer: cannot check its canary slot",
-                            headers={"Retry-After": "5"})
+        raise _unavailable("the XGBoost scorer's admin API", "cannot check its canary slot", retry_after_s=5)
     serving = (slots.get("canary") or {}).get("version")
     if serving is None or (version is not None and serving != version):
         want = f"v{version}" if version else "a model"
@@ -422,18 +479,28 @@ async def _canary_slot_serves(core: GatewayCore, version: str | None) -> None:
                                  f", not {want}: set the `challenger` alias and reload the scorer first")
 
 
+async def _read_your_writes() -> GatewayCore:
+    """An admin read answers the latest change, whichever worker made it: this worker reads Redis
+    first rather than waiting for its next poll (a DAG's PUT then GET could otherwise land on the
+    other worker and see the state before the PUT, for up to ``control_poll_s``). With Redis away
+    it answers the state it holds (routing keeps using that too)."""
+    core = current_core()
+    await core.refresh_control()
+    return core
+
+
 async def _change(core: GatewayCore, what: str, value: Any, expected_version: int | None, who: str,
                   why: str) -> dict[str, Any]:
     settings = get_settings()
     try:
         new = await core.control.change(what, value, who=who, why=why, expected_version=expected_version,
-                                        stages=tuple(settings.canary_stages))
-    except (ChangeRejected, WeightsError) as exc:
+                                        stages=settings.canary.stages)
+    except ChangeRejected as exc:  # WeightsError and RolloutRejected too
         raise _invalid(exc.field or what, str(exc)) from None
     except ChangeConflict as exc:
         raise HTTPException(409, str(exc)) from None
     except Exception as exc:
-        raise _unavailable("control store", exc) from None
+        raise _unavailable("the control store", exc) from None
     core.state = new  # this worker at once; the others within control_poll_s
     return new.describe()
 

@@ -4,7 +4,8 @@ transports (scorer HTTP clients, Redis) for one worker process.
 One request: choose a variant (weights after breakers, sticky by card id) -> call it within
 the deadline -> on error, timeout or overload retry once on the next variant if the retry
 budget and the deadline allow -> the fallback scorer -> the gateway's own rules
-(``degraded``). Then, off the hot path: the feature-log record and, in shadow mode, a
+(``degraded``): the plan in ``healmesh.policies.chain`` decides each step, this module makes
+the calls. Then, off the hot path: the feature-log record and, in shadow mode, a
 bounded fire-and-forget call to the shadow target.
 """
 
@@ -20,21 +21,27 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from healmesh import logkeys, rules, schema
-from healmesh.gateway.control import ControlState, ControlStore
+from healmesh import rules, schema
+from healmesh.control import keys
+from healmesh.control.state import ControlState, state_after_read
+from healmesh.control.store import ControlStore
+from healmesh.errors import Saturated
 from healmesh.gateway.feature_log import FeatureLog, LogRecord
 from healmesh.gateway.upstreams import (
     CallResult,
     Outcome,
     ScorerClient,
+    SingleFlight,
     Upstream,
     admin_slots,
     probe_ready,
 )
+from healmesh.heap import freeze_heap
 from healmesh.policies import readiness, routing
-from healmesh.policies.breaker import BreakerConfig, CircuitBreaker, Transition
-from healmesh.policies.retry_budget import RetryBudget, RetryBudgetConfig
-from healmesh.serving.scorer import freeze_heap
+from healmesh.policies.breaker import CircuitBreaker, Transition
+from healmesh.policies.chain import ChainPlan, StepKind
+from healmesh.policies.drift_decision import DriftDecision
+from healmesh.policies.retry_budget import RetryBudget
 from healmesh.settings import Settings
 
 log = logging.getLogger("healmesh.gateway")
@@ -45,13 +52,9 @@ PROCESS_ROUTES: dict[str, tuple[tuple[str, str], ...]] = {
     "pytorch": ((routing.PYTORCH, "/predict"),),
     "fallback": ((routing.FALLBACK, "/predict"),),
 }
-MIN_ATTEMPT_S = 0.005
 WARM_UP_TIMEOUT_S = 10.0  # a readiness check's prediction: a process that just started may be slow
+FIRST_PROBE_S = 3.0  # how long a starting worker waits for its first probe round before it serves
 LOG_STATES = ("written", "dropped", "spilled", "replayed")  # feature-log record fates exported as counters
-
-
-class Saturated(Exception):
-    """The gateway itself is full: shed with 503 + Retry-After."""
 
 
 @dataclass
@@ -63,31 +66,27 @@ class Answer:
     attempts: list[tuple[str, str]] = field(default_factory=list)  # (upstream, outcome)
 
 
-def breaker_config(s: Settings) -> BreakerConfig:
-    return BreakerConfig(
-        consecutive_failures=s.breaker_consecutive_failures, failure_rate=s.breaker_failure_rate,
-        min_calls=s.breaker_min_calls, window_s=s.breaker_window_s, open_wait_s=s.breaker_open_wait_s,
-        half_open_probes=s.breaker_half_open_probes, probes_to_close=s.breaker_probes_to_close,
-        ramp=tuple(s.breaker_ramp), ramp_step_s=s.breaker_ramp_step_s)
-
-
 class GatewayCore:
-    def __init__(self, settings: Settings, addresses: Mapping[str, str], metrics: Any, redis: Any) -> None:
+    def __init__(self, settings: Settings, addresses: Mapping[str, str], metrics: Any, redis: Any,
+                 started_at: float | None = None) -> None:
+        """``started_at``: when the server started (monotonic clock; default now): the readiness
+        grace counts from there (``wiring.server_started``)."""
         self.s = settings
         self.metrics = metrics
         self.redis = redis
         self.control = ControlStore(redis, settings.key_prefix)
         self.state = ControlState()
         self.feature_log = FeatureLog(
-            redis, settings.key_prefix, retention_s=settings.label_retention_s, maxlen=settings.feature_stream_maxlen,
-            buffer_max=settings.feature_buffer_max, batch_size=settings.feature_flush_batch,
-            flush_interval_s=settings.feature_flush_interval_ms / 1000.0,
+            redis, settings.key_prefix, retention_s=settings.label_retention_s,
+            maxlen=settings.feature_log.stream_maxlen, buffer_max=settings.feature_log.buffer_max,
+            batch_size=settings.feature_log.flush_batch,
+            flush_interval_s=settings.feature_log.flush_interval_ms / 1000.0,
             spool_dir=settings.home / "spool" / settings.key_prefix)
         self.clients = {proc: ScorerClient(addr, keep_alive_s=settings.server_keep_alive_s / 2)
                         for proc, addr in addresses.items()}
         self.addresses = dict(addresses)
-        config = breaker_config(settings)
-        self.breakers = {name: CircuitBreaker(name, config) for routes in PROCESS_ROUTES.values()
+        self._slot_reads = SingleFlight()
+        self.breakers = {name: CircuitBreaker(name, settings.breaker) for routes in PROCESS_ROUTES.values()
                          for name, _ in routes}
         self.upstreams: dict[str, Upstream] = {
             name: Upstream(name, self.clients[proc], route, max_in_flight=settings.upstream_max_in_flight,
@@ -96,8 +95,7 @@ class GatewayCore:
         for b in self.breakers.values():
             b.listeners.append(self._on_transition)
         self.transitions: deque[dict[str, Any]] = deque(maxlen=50)  # what the admin state shows
-        self.budget = RetryBudget(RetryBudgetConfig(settings.retry_budget_ratio, settings.retry_budget_window_s,
-                                                    settings.retry_budget_min))
+        self.budget = RetryBudget(settings.retry_budget)
         self.in_flight = 0
         self.shadow_in_flight = 0
         self.shadow_dropped = 0
@@ -109,14 +107,21 @@ class GatewayCore:
         # variant -> None when it answered a test prediction since its process was last seen up
         self.answering: dict[str, str | None] = {}
         self._example = json.dumps({"rows": [schema.example_row()]}).encode()
-        self._started = time.monotonic()
+        self._started = time.monotonic() if started_at is None else started_at
         self._was_ready = False
+        self._short_since: float | None = None  # when the server ran short of workers (liveness)
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        freeze_heap()  # see healmesh.serving.scorer.freeze_heap: GC pauses were the p99
+        """Before this worker serves: the control state, and one probe round (bounded), so that a
+        worker started beside others (a killed one replaced) answers ``/readyz`` as they do."""
+        freeze_heap()  # see healmesh.heap.freeze_heap: GC pauses were the p99
         await self.refresh_control()
         self.feature_log.start()
+        try:
+            await asyncio.wait_for(self.probe_once(), FIRST_PROBE_S)
+        except TimeoutError:
+            log.info("first probe round unfinished after %.0f s; serving, probes go on", FIRST_PROBE_S)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._poll_control(), name="control-poll"),
                        loop.create_task(self._probe_loop(), name="readyz-probes")]
@@ -131,8 +136,10 @@ class GatewayCore:
 
     # --- control state -------------------------------------------------------------------
     async def refresh_control(self) -> bool:
+        held = self.state
         try:
-            self.state = await self.control.read()
+            read = await self.control.read()
+            self.state = state_after_read(held, self.state, read)
             ok = True
         except Exception as exc:  # keep routing with the last state we read
             log.debug("control state unreadable: %s", exc)
@@ -144,6 +151,7 @@ class GatewayCore:
         while True:
             await asyncio.sleep(self.s.control_poll_s)
             await self.refresh_control()
+            self.metrics.forget_dead_workers()
 
     def _publish_state(self, redis_ok: bool) -> None:
         m = self.metrics
@@ -164,10 +172,10 @@ class GatewayCore:
             m.log_flush_errors.inc(stats.flush_errors - self._counted.get("flush_errors", 0))
         self._counted["flush_errors"] = stats.flush_errors
         drift = self.state.drift
-        for feature, stats in drift.scores.items():
-            for stat, value in stats.items():
+        for feature, scores in drift.scores.items():
+            for stat, value in scores.items():
                 m.drift_score.labels(feature, stat).set(float(value))
-        m.drift_detected.set(1.0 if drift.decision == "drift" else 0.0)
+        m.drift_detected.set(1.0 if drift.decision is DriftDecision.DRIFT else 0.0)
         m.drift_share.set(drift.share_drifted)
         if drift.checked_at:
             m.drift_checked_at.set(drift.checked_at)
@@ -190,8 +198,8 @@ class GatewayCore:
 
     async def _probe_loop(self) -> None:
         while True:
-            await self.probe_once()
             await asyncio.sleep(self.s.probe_interval_s)
+            await self.probe_once()
 
     async def probe_once(self) -> None:
         """``/readyz`` of every scorer process feeds its breakers; a weighted variant whose
@@ -214,6 +222,13 @@ class GatewayCore:
         self.answering[name] = None if result.outcome is Outcome.OK else \
             f"a test prediction gave {result.outcome.value} {result.detail[:80]}".strip()
 
+    def liveness(self, running_workers: int | None) -> readiness.Verdict:
+        """``/livez``: alive unless the server has been short of its workers too long."""
+        verdict, self._short_since = readiness.workers_alive(
+            running_workers, self.s.gateway_workers, self._short_since, now=time.monotonic(),
+            grace_s=self.s.gateway_worker_missing_s)
+        return verdict
+
     def readiness(self) -> readiness.Verdict:
         verdict = readiness.decide(self.state.weights.as_dict(), self.answering, started_at=self._started,
                                    now=time.monotonic(), grace_s=self.s.ready_grace_s, was_ready=self._was_ready)
@@ -222,10 +237,10 @@ class GatewayCore:
 
     async def scorer_slots(self, proc: str) -> dict[str, Any] | None:
         """What a model scorer's slots serve now (its admin API); None when it does not answer."""
-        return await admin_slots(self.clients[proc], self.s.admin_token or "")
+        return await self._slot_reads.run(proc, lambda: admin_slots(self.clients[proc], self.s.admin_token or ""))
 
     def effective_weights(self) -> dict[str, float]:
-        capacity = {v: self.breakers[v].capacity() for v in routing.VARIANTS}
+        capacity: dict[str, float] = {v: self.breakers[v].capacity() for v in routing.VARIANTS}
         return routing.effective(self.state.weights, capacity)
 
     # --- one prediction ------------------------------------------------------------------
@@ -233,86 +248,57 @@ class GatewayCore:
         if self.in_flight >= self.s.max_in_flight:
             self.metrics.rejected.labels("503").inc()
             raise Saturated()
-        self.in_flight += 1
         t0 = time.perf_counter()
+        point = routing.key_point(key) if (key and self.s.sticky_routing) else self._rng.random()
+        plan = ChainPlan(self.s.chain, self.breakers, self.budget, self.state.weights, point, started_at=t0)
+        self.in_flight += 1
+        answer: Answer | None = None
         try:
-            answer = await self._answer(rows, key, t0 + self.s.deadline_ms / 1000.0)
+            with plan:
+                answer = await self._answer(rows, plan)
         finally:
             self.in_flight -= 1
-        elapsed = time.perf_counter() - t0
+            elapsed = time.perf_counter() - t0
+            self._publish_request(plan, answer, elapsed)  # also the calls of a request given up half-way
         latency_ms = round(elapsed * 1000.0, 3)
         now_s = time.time()
-        request_ids = [logkeys.new_request_id(now_s) for _ in rows]
+        request_ids = [keys.new_request_id(now_s) for _ in rows]
         out = [{"request_id": rid, "probability": sc["probability"], "label": sc["label"], "model": sc["model"],
                 "model_version": sc["model_version"], "variant": answer.variant, "fallback": answer.fallback,
                 "degraded": answer.degraded, "latency_ms": latency_ms}
                for rid, sc in zip(request_ids, answer.scores, strict=True)]
-        outcome = "degraded" if answer.degraded else "fallback" if answer.fallback else "ok"
-        self.metrics.requests.labels(answer.variant, out[0]["model_version"], outcome).inc(len(rows))
-        self.metrics.latency.labels(answer.variant, out[0]["model_version"]).observe(elapsed)
         now = f"{now_s:.3f}"
         for row, o in zip(rows, out, strict=True):
             self._log_primary(row, o, now)
         self._maybe_shadow(rows, out, answer.variant)
         return out, answer
 
-    def _retry_allowed(self, deadline: float) -> bool:
-        """One retry per request, when the deadline leaves room and the budget has a token
-        (spent only for a retry that really goes out)."""
-        if deadline - time.perf_counter() - self.s.fallback_reserve_ms / 1000.0 < MIN_ATTEMPT_S:
-            self.metrics.retries.labels("denied_deadline").inc()
-            return False
-        if not self.budget.try_spend():
-            self.metrics.retries.labels("denied_budget").inc()
-            return False
-        self.metrics.retries.labels("allowed").inc()
-        return True
-
-    async def _answer(self, rows: list[dict[str, Any]], key: str | None, deadline: float) -> Answer:
+    async def _answer(self, rows: list[dict[str, Any]], plan: ChainPlan) -> Answer:
+        """The plan decides each step; this only makes the calls (see healmesh.policies.chain)."""
         encoded = [json.dumps(r).encode() for r in rows]
-        weights = self.effective_weights()
-        point = routing.key_point(key) if (key and self.s.sticky_routing) else self._rng.random()
-        candidate = routing.choose(weights, point)
-        tried: list[str] = []
-        attempts: list[tuple[str, str]] = []
-        calls = 0
-        self.budget.record_request()
-        while candidate is not None and calls < 2:
-            permit = self.breakers[candidate].acquire()
-            if permit is None:  # open, or half-open with its probe slots taken
-                tried.append(candidate)
-                candidate = next(iter(routing.failover_candidates(weights, tried)), None)
-                continue
-            try:
-                if calls == 1 and not self._retry_allowed(deadline):
-                    break
-                timeout = min(self.s.attempt_timeout_ms / 1000.0,
-                              deadline - time.perf_counter() - self.s.fallback_reserve_ms / 1000.0)
-                if timeout < MIN_ATTEMPT_S:
-                    break
-                result = await self.upstreams[candidate].call(encoded, timeout)
-            finally:
-                permit.release()
-            calls += 1
-            self._count(candidate, result)
-            attempts.append((candidate, result.outcome.value))
+        while (step := plan.next_step()).kind is not StepKind.RULES:
+            result = await self.upstreams[step.upstream].call(encoded, step.timeout_s)
+            plan.record(result.outcome.value, ok=result.outcome is Outcome.OK, seconds=result.seconds)
             if result.outcome is Outcome.OK:
-                return Answer(self._scores(result), candidate, attempts=attempts)
-            tried.append(candidate)
-            candidate = next(iter(routing.failover_candidates(weights, tried)), None)
+                return Answer(self._scores(result), step.upstream, fallback=plan.fallback,
+                              attempts=plan.attempt_pairs())
+        return Answer(self._rules(rows), routing.RULES, fallback=True, degraded=True, attempts=plan.attempt_pairs())
 
-        remaining = deadline - time.perf_counter()
-        permit = self.breakers[routing.FALLBACK].acquire() if remaining >= MIN_ATTEMPT_S else None
-        if permit is not None:
-            try:
-                result = await self.upstreams[routing.FALLBACK].call(encoded, remaining)
-            finally:
-                permit.release()
-            self._count(routing.FALLBACK, result)
-            attempts.append((routing.FALLBACK, result.outcome.value))
-            if result.outcome is Outcome.OK:
-                return Answer(self._scores(result), routing.FALLBACK, fallback=True, attempts=attempts)
-        return Answer(self._rules(rows), routing.RULES, fallback=True, degraded=True, attempts=attempts)
+    def _publish_request(self, plan: ChainPlan, answer: Answer | None, elapsed: float) -> None:
+        """One request's metrics, from its plan and its answer (None: given up half-way). Each
+        call counts what this request saw from that upstream (the canary analysis reads it)."""
+        m = self.metrics
+        for decision in plan.retries:
+            m.retries.labels(decision.value).inc()
+        for a in plan.attempts:
+            m.upstream_calls.labels(a.upstream, a.outcome).inc()
+            m.upstream_latency.labels(a.upstream).observe(a.seconds)
+        if answer is None:
+            return
+        version = answer.scores[0]["model_version"]
+        outcome = "degraded" if answer.degraded else "fallback" if answer.fallback else "ok"
+        m.requests.labels(answer.variant, version, outcome).inc(len(answer.scores))
+        m.latency.labels(answer.variant, version).observe(elapsed)
 
     def _verdict_for(self, upstream: str) -> Callable[[CallResult], None]:
         """The breaker's verdict on one HTTP call (however many requests it carried)."""
@@ -326,11 +312,6 @@ class GatewayCore:
             # overload (503/429): busy, not broken: shed the load, do not trip
 
         return verdict
-
-    def _count(self, upstream: str, result: CallResult) -> None:
-        """Per request: what the caller saw from this upstream (the canary analysis reads it)."""
-        self.metrics.upstream_calls.labels(upstream, result.outcome.value).inc()
-        self.metrics.upstream_latency.labels(upstream).observe(result.seconds)
 
     @staticmethod
     def _scores(result: CallResult) -> list[dict[str, Any]]:
@@ -390,8 +371,11 @@ class GatewayCore:
 
     # --- views ---------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
+        """This worker's view (with two workers or more, each answers for itself: its breakers,
+        in-flight count, feature-log and shadow counters; the control state is everyone's)."""
         stats = self.feature_log.stats
         return {
+            "worker": {"instance_id": self.metrics.instance_id, "pid": self.metrics.pid},
             "control": self.state.describe(),
             "effective_weights": self.effective_weights(),
             "breakers": {name: {"state": b.state.value, "capacity": b.capacity()} for name, b in self.breakers.items()},

@@ -1,5 +1,5 @@
 """The feature log: every prediction (and shadow prediction) as a Redis stream entry, written
-off the hot path, and the labels that later arrive for them. Key layout: ``healmesh.logkeys``.
+off the hot path, and the labels that later arrive for them. Key layout: ``healmesh.control.keys``.
 
 ``append`` only puts the record in a bounded in-memory buffer; a background task writes the
 buffer in pipelined batches. Each record is written by a Lua script that first claims a
@@ -23,13 +23,14 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from healmesh import logkeys
+from healmesh.control import keys
+from healmesh.errors import UnexpectedReply
 
 log = logging.getLogger("healmesh.feature_log")
 
@@ -88,8 +89,20 @@ class LabelResult(StrEnum):
     CORRECTED = "corrected"
 
 
-_SCRIPT_RESULT = {1: LabelResult.STORED, 0: LabelResult.UNCHANGED, -1: LabelResult.UNKNOWN,
-                  -2: LabelResult.CONFLICT}
+# What the Lua scripts answer, mapped to a LabelResult once, here (``label_result``).
+FEEDBACK_CODES: Mapping[int, LabelResult] = {1: LabelResult.STORED, 0: LabelResult.UNCHANGED,
+                                             -1: LabelResult.UNKNOWN, -2: LabelResult.CONFLICT}
+CORRECTION_CODES: Mapping[int, LabelResult] = {1: LabelResult.CORRECTED, 0: LabelResult.UNCHANGED,
+                                               -1: LabelResult.UNKNOWN}
+
+
+def label_result(code: Any, codes: Mapping[int, LabelResult] = FEEDBACK_CODES) -> LabelResult:
+    """The result a label script's answer means (``FEEDBACK_CODES`` for WRITE_FEEDBACK,
+    ``CORRECTION_CODES`` for CORRECT_LABEL); any other answer raises ``UnexpectedReply``."""
+    try:
+        return codes[int(code)]
+    except (KeyError, ValueError, TypeError):
+        raise UnexpectedReply(f"a label script answered {code!r}, not one of {sorted(codes)}") from None
 
 
 @dataclass(frozen=True)
@@ -203,9 +216,9 @@ class FeatureLog:
                  audit_maxlen: int = 10_000) -> None:
         self.redis = redis
         self.prefix = prefix
-        self.stream = logkeys.stream(prefix)
-        self.feedback_stream = logkeys.feedback_stream(prefix)
-        self.audit_key = f"{prefix}:audit"
+        self.stream = keys.stream(prefix)
+        self.feedback_stream = keys.feedback_stream(prefix)
+        self.audit_key = keys.audit(prefix)
         self.retention_s = retention_s
         self.maxlen = maxlen
         self.audit_maxlen = audit_maxlen
@@ -342,13 +355,13 @@ class FeatureLog:
         """Write a batch in one round trip; returns how many records were new (a retried
         record's marker is already there and it is not written again)."""
         now = time.time()
-        min_id = logkeys.min_stream_id(now, self.retention_s)
+        min_id = keys.min_stream_id(now, self.retention_s)
         pipe = self.redis.pipeline(transaction=False)
         for rec in batch:
-            ts = logkeys.answered_at(rec.request_id) or now
-            await self._write(keys=[logkeys.bucket_key(self.prefix, rec.request_id), self.stream],
-                              args=[logkeys.marker_field(rec.request_id, rec.kind),
-                                    logkeys.bucket_expires_at(ts, self.retention_s), min_id, rec.request_id,
+            ts = keys.answered_at(rec.request_id) or now
+            await self._write(keys=[keys.bucket_key(self.prefix, rec.request_id), self.stream],
+                              args=[keys.marker_field(rec.request_id, rec.kind),
+                                    keys.bucket_expires_at(ts, self.retention_s), min_id, rec.request_id,
                                     rec.kind, rec.ts, json.dumps(rec.data)], client=pipe)
         pipe.xtrim(self.stream, maxlen=self.maxlen, approximate=True)
         results = await pipe.execute()
@@ -356,7 +369,7 @@ class FeatureLog:
 
     # --- labels --------------------------------------------------------------------------
     def expired(self, request_id: str, now: float | None = None) -> bool:
-        ts = logkeys.answered_at(request_id)
+        ts = keys.answered_at(request_id)
         return ts is not None and (now or time.time()) - ts > self.retention_s
 
     async def label(self, request_id: str, label: int) -> LabelResult:
@@ -369,7 +382,7 @@ class FeatureLog:
         pipe = self.redis.pipeline(transaction=False)
         sent = 0
         for request_id, label in items:
-            key = logkeys.bucket_key(self.prefix, request_id)
+            key = keys.bucket_key(self.prefix, request_id)
             if key is None:
                 out.append(LabelResult.UNKNOWN)
             elif self.expired(request_id, now):
@@ -379,20 +392,20 @@ class FeatureLog:
                 sent += 1
                 await self._feedback(keys=[key, self.feedback_stream],
                                      args=[request_id, str(label), f"{now:.3f}",
-                                           logkeys.min_stream_id(now, self.retention_s)], client=pipe)
+                                           keys.min_stream_id(now, self.retention_s)], client=pipe)
         results = iter(await pipe.execute() if sent else [])
-        return [r if r is not None else _SCRIPT_RESULT[int(next(results))] for r in out]
+        return [r if r is not None else label_result(next(results)) for r in out]
 
     async def correct(self, request_id: str, label: int, *, who: str, why: str) -> LabelResult:
         """An admin's correction of a stored label; audited with who and why."""
-        key = logkeys.bucket_key(self.prefix, request_id)
+        key = keys.bucket_key(self.prefix, request_id)
         if key is None:
             return LabelResult.UNKNOWN
         if self.expired(request_id):
             return LabelResult.EXPIRED
         now = time.time()
-        result = int(await self._correct(
+        code = await self._correct(
             keys=[key, self.feedback_stream, self.audit_key],
-            args=[request_id, str(label), f"{now:.3f}", logkeys.min_stream_id(now, self.retention_s), who, why,
-                  self.audit_maxlen]))
-        return {1: LabelResult.CORRECTED, 0: LabelResult.UNCHANGED, -1: LabelResult.UNKNOWN}[result]
+            args=[request_id, str(label), f"{now:.3f}", keys.min_stream_id(now, self.retention_s), who, why,
+                  self.audit_maxlen])
+        return label_result(code, CORRECTION_CODES)

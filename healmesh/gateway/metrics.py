@@ -2,28 +2,64 @@
 
 Import this module only inside the running worker (``GatewayMetrics()`` in the service's
 ``__init__``): prometheus_client must first see BentoML's PROMETHEUS_MULTIPROC_DIR, or the
-series never reach ``/metrics``. Gauges use a multiprocess mode that gives one honest value
-across gateway workers (``livemax``: an open breaker in any worker shows as open).
+series never reach ``/metrics``.
+
+Every worker of a gateway server writes its own files in that directory and any worker answers
+a scrape with all of them: counters and histograms are summed over the workers (a dead worker's
+counts stay, so totals never drop), and each gauge names how its workers' values combine, in
+its help text (``livesum``: in flight, buffered; ``livemax``: an open breaker in any worker
+shows as open; ``livemin``: Redis up only if every worker reaches it). "live" modes read only
+the files of live workers, which prometheus_client learns from ``mark_process_dead``: BentoML
+calls it for a worker that exits, never for one that was killed, so every worker forgets the
+gauges of dead ones at start and every ``FORGET_EVERY_S`` (``forget_dead_workers``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import time
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, multiprocess
 
 from healmesh.policies import routing
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+FORGET_EVERY_S = 5.0
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
+
+
+def forget_dead_workers(directory: str | os.PathLike[str] | None = None) -> list[int]:
+    """Remove the live-gauge files of processes that are gone (a SIGKILLed worker never marks
+    itself dead): its in-flight count, breaker states, control version and instance id would
+    otherwise stay in every scrape. Counter and histogram files stay: their counts happened.
+    Returns the pids forgotten."""
+    import psutil
+
+    path = directory or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path or not Path(path).is_dir():
+        return []
+    pids = {int(m.group(1)) for name in os.listdir(path) if (m := _LIVE_GAUGE_FILE.match(name))}
+    dead = sorted(pid for pid in pids if not psutil.pid_exists(pid))
+    for pid in dead:
+        with contextlib.suppress(FileNotFoundError):  # another worker removed it first
+            multiprocess.mark_process_dead(pid, str(path))
+    return dead
 
 
 class GatewayMetrics:
     def __init__(self) -> None:
         p = "healmesh_gateway"
+        self.pid = os.getpid()
+        self._forgotten_at = time.monotonic()
+        forget_dead_workers()  # a worker replacing a killed one: its gauges go first
         # Who answers a scrape: counters restart from 0 with a new instance, which a reader of
-        # deltas (the canary analysis) must tell from a drop in traffic.
+        # deltas (the canary analysis) must tell from a drop in traffic. It is also the worker's
+        # name in answers (the X-Healmesh-Worker header, GET /api/v1/admin/state).
         self.instance_id = uuid.uuid4().hex[:16]
         self.instance_started = Gauge(f"{p}_instance_start_time_seconds",
                                       "Start time of each live gateway worker, by instance id.", ["instance_id"],
@@ -43,30 +79,40 @@ class GatewayMetrics:
         self.upstream_latency = Histogram(f"{p}_upstream_latency_seconds", "Scorer call latency by upstream.",
                                           ["upstream"], buckets=LATENCY_BUCKETS)
         self.retries = Counter(f"{p}_retries", "Failover retries by decision.", ["decision"])
-        self.breaker_state = Gauge(f"{p}_breaker_state", "Breaker state per upstream: 0 closed, 1 half-open, 2 open.",
+        self.breaker_state = Gauge(f"{p}_breaker_state",
+                                   "Breaker state per upstream: 0 closed, 1 half-open, 2 open (the highest of the "
+                                   "live workers: each worker has its own breakers).",
                                    ["upstream"], multiprocess_mode="livemax")
         self.breaker_transitions = Counter(f"{p}_breaker_transitions", "Breaker transitions.",
                                            ["upstream", "from_state", "to_state"])
-        self.weight = Gauge(f"{p}_weight", "Configured routing weight per variant.", ["variant"],
+        self.weight = Gauge(f"{p}_weight",
+                            "Configured routing weight per variant (the highest of the live workers; they "
+                            "differ only until the last one has read a change).", ["variant"],
                             multiprocess_mode="livemax")
-        self.effective_weight = Gauge(f"{p}_effective_weight", "Routing weight after breakers per variant.",
+        self.effective_weight = Gauge(f"{p}_effective_weight",
+                                      "Routing weight after breakers per variant (the lowest of the live workers).",
                                       ["variant"], multiprocess_mode="livemin")
         self.shadow_calls = Counter(f"{p}_shadow_calls", "Shadow calls by result (ok, error, dropped).", ["result"])
         self.shadow_compared = Counter(f"{p}_shadow_compared", "Shadow answers compared with the primary label.",
                                        ["agree"])
         self.shadow_agreement = Gauge(f"{p}_shadow_agreement_ratio",
-                                      "Share of the last 1,000 shadow answers whose label matched the primary.",
-                                      multiprocess_mode="livemax")
+                                      "Share of the last 1,000 shadow answers whose label matched the primary "
+                                      "(the lowest of the live workers, each over its own answers; across workers "
+                                      "and replicas use the rate of shadow_compared_total).",
+                                      multiprocess_mode="livemin")
         self.log_records = Counter(f"{p}_feature_log_records",
                                    "Feature-log records by fate: written to Redis, spilled to the local spool "
                                    "(Redis away), replayed from it, dropped (lost).", ["state"])
         self.labels = Counter(f"{p}_labels", "Labels received, by result (stored, unchanged, unknown, conflict, "
                               "expired: after the retention, corrected: by an admin).", ["result"])
-        self.log_buffered = Gauge(f"{p}_feature_log_buffered", "Feature-log records waiting in memory.",
+        self.log_buffered = Gauge(f"{p}_feature_log_buffered",
+                                  "Feature-log records waiting in memory (all live workers).",
                                   multiprocess_mode="livesum")
         self.log_flush_errors = Counter(f"{p}_feature_log_flush_errors", "Failed feature-log writes (Redis away).")
-        self.redis_up = Gauge(f"{p}_redis_up", "1 when the last Redis operation succeeded.", multiprocess_mode="livemin")
-        self.in_flight = Gauge(f"{p}_in_flight", "Requests being handled.", multiprocess_mode="livesum")
+        self.redis_up = Gauge(f"{p}_redis_up", "1 when every live worker's last Redis operation succeeded.",
+                               multiprocess_mode="livemin")
+        self.in_flight = Gauge(f"{p}_in_flight", "Requests being handled (all live workers).",
+                               multiprocess_mode="livesum")
         self.drift_score = Gauge("healmesh_drift_score", "Latest drift statistic per feature (from the drift DAG).",
                                  ["feature", "statistic"], multiprocess_mode="livemax")
         self.drift_detected = Gauge("healmesh_drift_detected", "1 when the latest drift check decided drift.",
@@ -79,7 +125,8 @@ class GatewayMetrics:
                                    multiprocess_mode="livemax")
         self.rollout_info = Gauge("healmesh_rollout_info", "Rollout status and canary version (value 1).",
                                   ["status", "canary_version"], multiprocess_mode="livemax")
-        self.control_version = Gauge(f"{p}_control_version", "Version of the control state this worker uses.",
+        self.control_version = Gauge(f"{p}_control_version",
+                                     "Version of the control state every live worker has read (the lowest).",
                                      multiprocess_mode="livemin")
         for v in routing.VARIANTS + (routing.FALLBACK,):
             self.breaker_state.labels(v).set(0)
@@ -95,6 +142,14 @@ class GatewayMetrics:
             self.labels.labels(result)
         for decision in ("allowed", "denied_deadline", "denied_budget"):
             self.retries.labels(decision)
+
+    def forget_dead_workers(self) -> None:
+        """``forget_dead_workers`` every ``FORGET_EVERY_S`` (the control poll calls it): where
+        BentoML does not replace a dead worker (in a container), nothing else would."""
+        now = time.monotonic()
+        if now - self._forgotten_at >= FORGET_EVERY_S:
+            self._forgotten_at = now
+            forget_dead_workers()
 
     def publish_weights(self, configured: Mapping[str, float], effective: Mapping[str, float]) -> None:
         for v in routing.VARIANTS:

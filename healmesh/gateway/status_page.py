@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
 
+from healmesh.control import keys
 from healmesh.gateway.api import current_core
 from healmesh.settings import get_settings
 
@@ -39,7 +40,7 @@ async def _scorer_slots(core: Any) -> dict[str, Any]:
 
 async def _events(core: Any, count: int = 10) -> list[dict[str, Any]]:
     try:
-        entries = await core.redis.xrevrange(f"{core.s.key_prefix}:events", count=count)
+        entries = await core.redis.xrevrange(keys.events(core.s.key_prefix), count=count)
     except Exception:  # Redis away: the page still renders what the gateway knows
         return []
     out = []
@@ -80,10 +81,12 @@ def render(state: dict[str, Any], slots: dict[str, Any], audit: list[dict[str, A
     report_link = f"<a href='/ui/reports/{_e(report)}'>{_e(report)}</a>" if report else "no report yet"
     top = sorted(((f, s.get("psi", 0.0)) for f, s in drift.get("scores", {}).items()), key=lambda x: -x[1])[:5]
     audit_rows = "".join(f"<tr><td>{_when(a['when'])}</td><td>{_e(a['what'])}</td><td>{_e(a['who'])}</td>"
-                         f"<td>{_e(a['why'])}</td><td><code>{_e(json.dumps(a['after']))}</code></td></tr>" for a in audit)
+                         f"<td>{_e(a['why'])}</td><td><code>{_e(json.dumps(a['after']))}</code></td></tr>"
+                         for a in audit)
     event_rows = "".join(f"<tr><td>{_when(ev['when'])}</td><td>{_e(ev['kind'])}</td><td>{_e(ev['message'])}</td></tr>"
                          for ev in events)
     fl = state["feature_log"]
+    worker = state.get("worker", {}).get("instance_id", "?")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
 <title>healmesh status</title>
@@ -95,13 +98,15 @@ h1 {{ margin: 0 0 .2rem; }} h2 {{ font-size: 1.05rem; margin: 0 0 .5rem; }}
 table {{ border-collapse: collapse; width: 100%; font-size: 13px; }}
 td, th {{ padding: .25rem .4rem; border-bottom: 1px solid #eee; text-align: left; vertical-align: top; }}
 .num {{ text-align: right; font-variant-numeric: tabular-nums; }}
-.breaker.closed {{ color: #1a7f37; }} .breaker.half_open {{ color: #9a6700; }} .breaker.open {{ color: #cf222e; font-weight: bold; }}
+.breaker.closed {{ color: #1a7f37; }} .breaker.half_open {{ color: #9a6700; }} \
+.breaker.open {{ color: #cf222e; font-weight: bold; }}
 .wide {{ grid-column: 1 / -1; }} .muted {{ color: #6a737d; font-size: 12px; }}
 </style></head><body>
 <h1>healmesh</h1>
 <div class="muted">refreshed {_when(time.time())} · control state v{control['version']} ·
 feature log: {fl['written']} written, {fl['buffered']} buffered, {fl['dropped']} dropped,
-Redis {'up' if fl['redis_up'] else 'DOWN'}</div>
+Redis {'up' if fl['redis_up'] else 'DOWN'} · gateway worker <span id="worker">{_e(worker)}</span>
+(breakers and counts are this worker's)</div>
 <div class="grid">
 <div class="card"><h2>Routing weights</h2><table><tr><th>variant</th><th class='num'>configured</th>
 <th class='num'>after breakers</th></tr>{weight_rows}</table></div>
@@ -123,7 +128,8 @@ Redis {'up' if fl['redis_up'] else 'DOWN'}</div>
 <tr><td>report</td><td>{report_link} · <a href='/ui/reports/index.html'>all reports</a></td></tr></table></div>
 <div class="card wide"><h2>Lifecycle events</h2><table><tr><th>when</th><th>event</th><th>what happened</th></tr>
 {event_rows or '<tr><td colspan=3>none yet</td></tr>'}</table></div>
-<div class="card wide"><h2>Admin changes</h2><table><tr><th>when</th><th>what</th><th>who</th><th>why</th><th>after</th></tr>
+<div class="card wide"><h2>Admin changes</h2><table>\
+<tr><th>when</th><th>what</th><th>who</th><th>why</th><th>after</th></tr>
 {audit_rows or '<tr><td colspan=5>none yet</td></tr>'}</table></div>
 </div></body></html>
 """
@@ -142,8 +148,10 @@ def status_app() -> FastAPI:
     async def report(name: str) -> FileResponse:
         if not REPORT_NAME.match(name):
             raise HTTPException(404, "no such report")
-        path = get_settings().drift_reports_dir / name
-        if not path.is_file():
+        directory = get_settings().drift_reports_dir.resolve()
+        path = (directory / name).resolve()
+        # a report name may still be a link to elsewhere: serve only what lies in the directory
+        if path.parent != directory or not path.is_file():
             raise HTTPException(404, "no such report")
         return FileResponse(path, media_type="text/html")
 

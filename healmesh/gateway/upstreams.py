@@ -20,12 +20,14 @@ import enum
 import json
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import aiohttp
+
+T = TypeVar("T")
 
 
 class Outcome(enum.Enum):
@@ -208,7 +210,23 @@ async def probe_ready(client: ScorerClient, timeout_s: float = 1.0) -> bool:
         return False
 
 
-async def admin_slots(client: ScorerClient, token: str, timeout_s: float = 2.0) -> dict[str, Any] | None:
+class SingleFlight:
+    """Callers that ask while a call for the same key is in flight share its answer. Seen in
+    CI: 333 concurrent rollout changes made 333 scorer admin calls on the pool prediction
+    traffic uses, and under load some waited past their timeout (503)."""
+
+    def __init__(self) -> None:
+        self._flights: dict[str, asyncio.Future[Any]] = {}
+
+    async def run(self, key: str, make: Callable[[], Awaitable[T]]) -> T:
+        flight = self._flights.get(key)
+        if flight is None or flight.done():
+            flight = asyncio.ensure_future(make())
+            self._flights[key] = flight
+        return await asyncio.shield(flight)  # one caller cancelled does not cancel the others' answer
+
+
+async def admin_slots(client: ScorerClient, token: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
     """What a model scorer's slots serve, from its admin state; None when it does not answer."""
     try:
         async with client.session.get(client.base + "/admin/state", headers={"Authorization": f"Bearer {token}"},

@@ -29,10 +29,12 @@ class AirflowClient:
         self._req("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
-        return self._req("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})["dag_run_id"]
+        return self._req("POST", f"/dags/{dag_id}/dagRuns",
+                         json={"logical_date": None, "conf": conf or {}})["dag_run_id"]
 
     def runs(self, dag_id: str, limit: int = 5) -> list[dict[str, Any]]:
-        return self._req("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "-run_after", "limit": limit})["dag_runs"]
+        return self._req("GET", f"/dags/{dag_id}/dagRuns",
+                         params={"order_by": "-run_after", "limit": limit})["dag_runs"]
 
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self._req("GET", f"/dags/{dag_id}/dagRuns/{run_id}")

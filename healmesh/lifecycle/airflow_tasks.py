@@ -7,20 +7,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from healmesh.settings import get_settings
+from healmesh.settings import Settings, get_settings
 
 # The assets that chain the DAGs: drift_monitor -> retrain -> canary_rollout.
 DRIFT_ASSET = "healmesh://drift"
 CHALLENGER_ASSET = "healmesh://challenger"
 
 
-def _redis() -> Any:
+def redis_client() -> Any:
+    """A sync Redis client for the control plane and the feature log (what every task uses)."""
     from healmesh import redis_conn
 
     return redis_conn.sync_client(get_settings())
 
 
-def _mesh() -> Any:
+def mesh_client() -> Any:
+    """A client of the gateway and scorer admin APIs, with the admin token."""
     from healmesh.credentials import admin_token
     from healmesh.lifecycle.mesh import MeshClient
 
@@ -31,7 +33,7 @@ def _mesh() -> Any:
 def drift_check(params: dict[str, Any]) -> dict[str, Any]:
     from healmesh.lifecycle.monitor import run_drift_check
 
-    return run_drift_check(get_settings(), _redis(), window_records=params.get("window_records"),
+    return run_drift_check(get_settings(), redis_client(), window_records=params.get("window_records"),
                            window_minutes=params.get("window_minutes"))
 
 
@@ -47,8 +49,9 @@ def retrain(params: dict[str, Any], triggering_events: dict[Any, Any] | None) ->
             trigger = "drift"
     if check_id is not None:  # an asset event's extra bypasses the Param's pattern
         check_report_id(check_id)
-    return run_retrain(get_settings(), _redis(), trigger=params.get("trigger") or trigger, drift_check_id=check_id,
-                       window_records=params.get("window_records"), seed=int(params.get("seed") or 0))
+    return run_retrain(get_settings(), redis_client(), trigger=params.get("trigger") or trigger,
+                       drift_check_id=check_id, window_records=params.get("window_records"),
+                       seed=int(params.get("seed") or 0))
 
 
 def offer_challenger(result: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -59,7 +62,7 @@ def offer_challenger(result: dict[str, Any], run_id: str) -> dict[str, Any]:
     from healmesh.lifecycle.retrain import offer_challenger as offer
 
     now = time.time()
-    return offer(get_settings(), _redis(), result["version"], holder=f"retrain/{run_id}",
+    return offer(get_settings(), redis_client(), result["version"], holder=f"retrain/{run_id}",
                  waited_s=now - float(result.get("registered_at") or now), now=now)
 
 
@@ -79,22 +82,24 @@ def _announced_version(triggering_events: dict[Any, Any] | None) -> str | None:
 def rollout_prepare(params: dict[str, Any], triggering_events: dict[Any, Any] | None, run_id: str) -> dict[str, Any]:
     from healmesh.lifecycle.rollout import prepare
 
-    return prepare(get_settings(), _mesh(), _redis(), holder=rollout_holder(run_id), version=params.get("version"),
-                   event_version=_announced_version(triggering_events))
+    return prepare(get_settings(), mesh_client(), redis_client(), holder=rollout_holder(run_id),
+                   version=params.get("version"), event_version=_announced_version(triggering_events))
 
 
 def rollout_stage(prepared: dict[str, Any], stage: int, run_id: str) -> dict[str, Any]:
     from healmesh.lifecycle.rollout import run_stage
 
-    return run_stage(get_settings(), _mesh(), _redis(), prepared["version"], stage, holder=rollout_holder(run_id))
+    return run_stage(get_settings(), mesh_client(), redis_client(), prepared["version"], stage,
+                     holder=rollout_holder(run_id))
 
 
 def rollout_promote(prepared: dict[str, Any], run_id: str, attempt: int) -> dict[str, Any]:
     from healmesh.lifecycle.rollout import LeaseLost, promote, record_promote_failure
 
-    settings, redis, holder = get_settings(), _redis(), rollout_holder(run_id)
+    settings, redis, holder = get_settings(), redis_client(), rollout_holder(run_id)
     try:
-        return promote(settings, _mesh(), redis, prepared["version"], holder=holder, previous=prepared.get("champion"))
+        return promote(settings, mesh_client(), redis, prepared["version"], holder=holder,
+                       previous=prepared.get("champion"))
     except LeaseLost:
         raise
     except Exception as exc:  # recorded for the rollback's reason, then retried by Airflow
@@ -104,14 +109,14 @@ def rollout_promote(prepared: dict[str, Any], run_id: str, attempt: int) -> dict
 
 def rollout_rollback(prepared: dict[str, Any] | None, params: dict[str, Any],
                      triggering_events: dict[Any, Any] | None, run_id: str) -> dict[str, Any]:
-    """End a rollout that did not promote, as ``rollout_policy.rollback_plan`` decides from this
+    """End a rollout that did not promote, as ``policies.rollout.rollback_plan`` decides from this
     run's events: rolled back (with the failed stage's reason), failed (promotion), or left alone."""
-    from healmesh.lifecycle import events
-    from healmesh.lifecycle.lease import LeaseStore
+    from healmesh.control import events
+    from healmesh.control.lease import LeaseStore
     from healmesh.lifecycle.rollout import rollback
-    from healmesh.lifecycle.rollout_policy import rollback_plan
+    from healmesh.policies.rollout import rollback_plan
 
-    settings, redis, holder = get_settings(), _redis(), rollout_holder(run_id)
+    settings, redis, holder = get_settings(), redis_client(), rollout_holder(run_id)
     version = (prepared or {}).get("version") or params.get("version") or _announced_version(triggering_events)
     plan = rollback_plan(holder, LeaseStore(redis, settings.key_prefix).current(),
                          events.for_rollout(redis, settings.key_prefix, holder))
@@ -120,7 +125,7 @@ def rollout_rollback(prepared: dict[str, Any] | None, params: dict[str, Any],
         events.record(redis, settings.key_prefix, "rollout_refused", f"v{version} not rolled out: {plan.reason}",
                       version=version, rollout=holder)
         return {"rolled_back": None, "status": None, "reason": plan.reason}
-    return rollback(settings, _mesh(), redis, version, plan.reason, status=status, holder=holder,
+    return rollback(settings, mesh_client(), redis, version, plan.reason, status=status, holder=holder,
                     previous_champion=(prepared or {}).get("champion"))
 
 
@@ -136,18 +141,32 @@ def rollout_outcome(promoted: dict[str, Any] | None, ended: dict[str, Any] | Non
     raise RolloutFailed("not promoted, and the rollback did not finish: see the rollback task's log")
 
 
+def parse_time_settings() -> Settings:
+    """Settings for a DAG file being parsed (they read the environment only: no I/O). A parse must
+    never fail on configuration, so a bad value falls back to the defaults here; the tasks, which
+    call get_settings(), fail on it with the field named."""
+    try:
+        return get_settings()
+    except ValueError:  # pydantic's ValidationError
+        return Settings.model_construct()
+
+
+def drift_schedule() -> str:
+    return parse_time_settings().drift_schedule
+
+
 def rollout_settings() -> dict[str, Any]:
-    """What the canary DAG needs at parse time (the environment only: no I/O)."""
-    s = get_settings()
-    return {"stages": tuple(s.canary_stages), "promote_retries": s.rollout_promote_retries,
-            "rollback_retries": s.rollout_rollback_retries, "retry_delay_s": s.rollout_retry_delay_s,
-            "retry_max_delay_s": s.rollout_retry_max_delay_s}
+    """What the canary DAG needs at parse time."""
+    s = parse_time_settings()
+    return {"stages": s.canary.stages, "promote_retries": s.rollout.promote_retries,
+            "rollback_retries": s.rollout.rollback_retries, "retry_delay_s": s.rollout.retry_delay_s,
+            "retry_max_delay_s": s.rollout.retry_max_delay_s}
 
 
 def challenger_wait_settings() -> dict[str, float]:
-    s = get_settings()
+    s = parse_time_settings()
     return {"wait_s": s.challenger_wait_s, "poke_s": s.challenger_poke_s}
 
 
 def canary_stages() -> tuple[int, ...]:
-    return tuple(get_settings().canary_stages)
+    return get_settings().canary.stages

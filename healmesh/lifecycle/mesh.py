@@ -7,19 +7,22 @@ from typing import Any
 
 import httpx
 
+from healmesh.errors import HealmeshError
+from healmesh.policies.rollout import RolloutStatus
 from healmesh.settings import Settings
+from healmesh.urls import local_url
 
 ACTOR = "airflow"
 
 
-class MeshError(RuntimeError):
-    pass
+class MeshError(HealmeshError, RuntimeError):
+    """The gateway's admin API refused a call, or did not answer."""
 
 
 class MeshClient:
     def __init__(self, settings: Settings, token: str, actor: str = ACTOR, timeout: float = 10.0) -> None:
-        self.gateway = settings.gateway_url.rstrip("/")
-        self.xgb = (settings.xgb_url or f"http://127.0.0.1:{settings.xgb_port}").rstrip("/")
+        self.gateway = settings.gateway_api_url.rstrip("/")
+        self.xgb = (settings.xgb_url or local_url(settings.xgb_port)).rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}", "X-Healmesh-Actor": actor}
         self.timeout = timeout
 
@@ -35,7 +38,8 @@ class MeshClient:
     def gateway_state(self) -> dict[str, Any]:
         return self._call("GET", f"{self.gateway}/api/v1/admin/state")
 
-    def set_rollout(self, stage: int, canary_version: str | None, status: str, why: str, note: str = "") -> None:
+    def set_rollout(self, stage: int, canary_version: str | None, status: RolloutStatus, why: str,
+                    note: str = "") -> None:
         self._call("PUT", f"{self.gateway}/api/v1/admin/rollout",
                    json={"stage": stage, "canary_version": canary_version, "status": status, "why": why, "note": note})
 

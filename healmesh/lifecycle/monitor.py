@@ -8,21 +8,18 @@ plain dict (what the DAG passes on to the retraining DAG).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from typing import Any
 
 from healmesh import registry
-from healmesh.gateway.control import DriftSummary, drift_key, encode_drift
-from healmesh.lifecycle import events, reports
-from healmesh.lifecycle.drift import DriftThresholds, decide, quality_check, scores_for_metrics
+from healmesh.control import events
+from healmesh.control.state import DriftSummary
+from healmesh.control.sync_store import SyncControlStore
+from healmesh.errors import NoModel
+from healmesh.lifecycle import reports
 from healmesh.lifecycle.window import attach_labels, labelled, read_window
+from healmesh.policies.drift import decide, quality_check, scores_for_metrics
+from healmesh.policies.drift_decision import DriftDecision
 from healmesh.settings import Settings
-
-
-def thresholds(s: Settings) -> DriftThresholds:
-    return DriftThresholds(psi=s.drift_psi, psi_alert=s.drift_psi_alert, ks_stat=s.drift_ks_stat,
-                           p_value=s.drift_p_value, js=s.drift_js, share=s.drift_share, min_window=s.drift_min_window,
-                           auc_drop=s.drift_auc_drop)
 
 
 def run_drift_check(settings: Settings, redis: Any, *, window_records: int | None = None,
@@ -31,7 +28,7 @@ def run_drift_check(settings: Settings, redis: Any, *, window_records: int | Non
     name = settings.xgb_registered_name
     champion = registry.version_by_alias(settings, name, settings.champion_alias)
     if champion is None:
-        raise RuntimeError(f"no {settings.champion_alias} for {name}: train and register a model first")
+        raise NoModel(f"no {settings.champion_alias} for {name}: train and register a model first")
     reference = registry.reference_for_version(settings, name, champion.version, champion.run_id)
     info = registry.version_info(settings, name, champion.version)
 
@@ -40,7 +37,7 @@ def run_drift_check(settings: Settings, redis: Any, *, window_records: int | Non
     window = read_window(redis, settings.key_prefix, last_n=records, since_s=minutes * 60 if minutes else None)
     current = attach_labels(redis, settings.key_prefix, window.frame)
 
-    t = thresholds(settings)
+    t = settings.drift
     # live quality of the champion itself: its own answers that have a label
     mine = labelled(current)
     mine = mine[(mine["model"] == "xgboost") & (mine["model_version"] == champion.version)]
@@ -51,17 +48,18 @@ def run_drift_check(settings: Settings, redis: Any, *, window_records: int | Non
     summary_path = reports.write_report(
         settings.drift_reports_dir, result, reference, current, checked_at=checked_at,
         model_version=champion.version,
-        extra={"window": window.describe(), "thresholds": asdict(t), "champion_run": info.run_id})
+        extra={"window": window.describe(), "thresholds": t.model_dump(), "champion_run": info.run_id})
     seconds = round(time.perf_counter() - t0, 3)
     html_name = summary_path.with_suffix(".html").name
-    redis.hset(drift_key(settings.key_prefix), mapping={"summary": encode_drift(DriftSummary(
+    SyncControlStore(redis, settings.key_prefix).publish_drift(DriftSummary(
         checked_at=checked_at, model_version=champion.version, window_size=result.window_size,
         decision=result.decision, share_drifted=result.share_drifted, scores=scores_for_metrics(result),
-        report=html_name if (settings.drift_reports_dir / html_name).exists() else None))})
-    message = {"drift": f"drift found: {'; '.join(result.reasons)}",
-               "no_drift": f"no drift in {result.window_size} records",
-               "insufficient_data": f"no decision: {result.reasons[0] if result.reasons else 'window too small'}",
-               }[result.decision]
+        report=html_name if (settings.drift_reports_dir / html_name).exists() else None))
+    message = {
+        DriftDecision.DRIFT: f"drift found: {'; '.join(result.reasons)}",
+        DriftDecision.NO_DRIFT: f"no drift in {result.window_size} records",
+        DriftDecision.INSUFFICIENT_DATA: f"no decision: {result.reasons[0] if result.reasons else 'window too small'}",
+    }[result.decision]
     events.record(redis, settings.key_prefix, f"drift_{result.decision}", message, check_id=summary_path.stem,
                   share=result.share_drifted, drifted=result.drifted_features[:8])
     return {"check_id": summary_path.stem, "decision": result.decision, "window": window.describe(),

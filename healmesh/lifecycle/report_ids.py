@@ -12,12 +12,14 @@ import re
 import time
 from pathlib import Path
 
+from healmesh.errors import InvalidData
+
 # UTC time of the check, then the champion's version ("none" before there is one)
 REPORT_ID_PATTERN = r"^[0-9]{8}T[0-9]{6}Z_v[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _REPORT_ID = re.compile(REPORT_ID_PATTERN)
 
 
-class BadReportId(ValueError):
+class BadReportId(InvalidData):
     """A report id that does not match the pattern, or would leave the reports directory."""
 
 

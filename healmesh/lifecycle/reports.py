@@ -19,8 +19,9 @@ from typing import Any
 import pandas as pd
 
 from healmesh import schema
-from healmesh.lifecycle.drift import DriftResult
 from healmesh.lifecycle.report_ids import report_name
+from healmesh.policies.drift import DriftResult
+from healmesh.policies.drift_decision import DriftDecision
 
 __all__ = ["report_name", "evidently_html", "write_report", "summaries", "write_index"]
 
@@ -49,7 +50,7 @@ def write_report(directory: Path, result: DriftResult, reference: pd.DataFrame, 
     directory.mkdir(parents=True, exist_ok=True)
     name = report_name(checked_at, model_version)
     html_path = directory / f"{name}.html"
-    if result.decision != "insufficient_data":
+    if result.decision is not DriftDecision.INSUFFICIENT_DATA:
         evidently_html(reference, current, html_path)
     summary = {"name": name, "checked_at": checked_at, "model_version": model_version,
                "html": html_path.name if html_path.exists() else None, **result.to_dict(),

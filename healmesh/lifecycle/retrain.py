@@ -1,7 +1,7 @@
 """Retraining: a candidate XGBoost from recent labelled traffic (plus a share of the champion's
 reference data), judged against the champion on the same recent holdout.
 
-Passing the gate (ROC AUC not more than ``gate_tolerance`` under the champion's) registers the
+Passing the gate (ROC AUC not more than ``retrain.gate_tolerance`` under the champion's) registers the
 version; a rejected candidate stays an MLflow run with the reason in its tags. Everything is
 logged with lineage: trigger, drift check, data window.
 
@@ -23,43 +23,25 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from healmesh import features, registry, schema
+from healmesh.control import events
+from healmesh.control.lease import LeaseStore
+from healmesh.errors import HealmeshError, NoModel
 from healmesh.evaluation import classification_metrics
-from healmesh.lifecycle import events
-from healmesh.lifecycle.lease import LeaseStore
 from healmesh.lifecycle.report_ids import check_report_id, report_files
-from healmesh.lifecycle.rollout_policy import ChallengerStep, Lease, challenger_step
 from healmesh.lifecycle.window import attach_labels, labelled, read_window
 from healmesh.models.bundle import find_bundle, load_bundle, save_bundle
+from healmesh.policies.gate import gate
+from healmesh.policies.rollout import ChallengerStep, Lease, challenger_step
 from healmesh.settings import Settings
 from healmesh.training import fit_xgboost, log_model_run, reference_sample, register
 
 
-class NotEnoughLabels(RuntimeError):
+class NotEnoughLabels(HealmeshError, RuntimeError):
     """Too few labelled recent records to train or to judge a candidate."""
 
 
-class ChallengerWaitTimedOut(RuntimeError):
+class ChallengerWaitTimedOut(HealmeshError, RuntimeError):
     """A rollout held the lease for longer than ``challenger_wait_s``: no challenger was set."""
-
-
-@dataclass(frozen=True)
-class GateResult:
-    passed: bool
-    metric: str
-    candidate: float
-    champion: float
-    tolerance: float
-
-    @property
-    def reason(self) -> str:
-        verb = "passes" if self.passed else "fails"
-        return (f"candidate {self.metric} {self.candidate:.4f} {verb} against champion {self.champion:.4f} "
-                f"(tolerance {self.tolerance})")
-
-
-def gate(candidate: float, champion: float, tolerance: float, metric: str = "roc_auc") -> GateResult:
-    """Not worse than the champion on the gate metric, within the tolerance."""
-    return GateResult(candidate >= champion - tolerance, metric, candidate, champion, tolerance)
 
 
 @dataclass(frozen=True)
@@ -73,16 +55,16 @@ class TrainingSet:
 
 def build_training_set(recent: pd.DataFrame, reference: pd.DataFrame, settings: Settings, seed: int) -> TrainingSet:
     n, positives = len(recent), int(recent[schema.LABEL].sum()) if len(recent) else 0
-    if n < settings.retrain_min_labels or positives < settings.retrain_min_positives:
+    if n < settings.retrain.min_labels or positives < settings.retrain.min_positives:
         raise NotEnoughLabels(
             f"recent traffic has {n} labelled records ({positives} fraud); retraining needs at least "
-            f"{settings.retrain_min_labels} labelled and {settings.retrain_min_positives} fraud. "
-            "Send ground truth to POST /api/v1/feedback, or lower HEALMESH_RETRAIN_MIN_LABELS.")
+            f"{settings.retrain.min_labels} labelled and {settings.retrain.min_positives} fraud. "
+            "Send ground truth to POST /api/v1/feedback, or lower HEALMESH_RETRAIN__MIN_LABELS.")
     cols = list(schema.FEATURE_NAMES) + [schema.LABEL]
     recent = recent[cols].reset_index(drop=True)
-    rest, holdout = train_test_split(recent, test_size=settings.retrain_holdout_share,
+    rest, holdout = train_test_split(recent, test_size=settings.retrain.holdout_share,
                                      stratify=recent[schema.LABEL], random_state=seed)
-    take = min(len(reference), int(round(settings.retrain_reference_share * len(rest))))
+    take = min(len(reference), int(round(settings.retrain.reference_share * len(rest))))
     ref = reference[cols].sample(n=take, random_state=seed) if take else reference[cols].head(0)
     pool = pd.concat([rest, ref], ignore_index=True)
     train, val = train_test_split(pool, test_size=0.2, stratify=pool[schema.LABEL], random_state=seed + 1)
@@ -98,8 +80,8 @@ def run_retrain(settings: Settings, redis: Any, *, trigger: str, drift_check_id:
     name = settings.xgb_registered_name
     champion = registry.version_by_alias(settings, name, settings.champion_alias)
     if champion is None:
-        raise RuntimeError(f"no {settings.champion_alias} for {name}: nothing to compare a candidate with")
-    window = read_window(redis, settings.key_prefix, last_n=window_records or settings.retrain_window_records)
+        raise NoModel(f"no {settings.champion_alias} for {name}: nothing to compare a candidate with")
+    window = read_window(redis, settings.key_prefix, last_n=window_records or settings.retrain.window_records)
     recent = labelled(attach_labels(redis, settings.key_prefix, window.frame))
     reference = registry.reference_for_version(settings, name, champion.version, champion.run_id)
     data = build_training_set(recent, reference, settings, seed)
@@ -108,14 +90,16 @@ def run_retrain(settings: Settings, redis: Any, *, trigger: str, drift_check_id:
     champion_bundle = load_bundle(find_bundle(registry.download_model(settings, name, champion.version)))
     y = data.holdout[schema.LABEL].to_numpy()
     cand_metrics = classification_metrics(y, model.predict_proba(features.encode_frame(data.holdout)), meta.threshold)
-    champ_metrics = classification_metrics(y, champion_bundle.predict_frame(data.holdout), champion_bundle.meta.threshold)
-    verdict = gate(cand_metrics["roc_auc"], champ_metrics["roc_auc"], settings.gate_tolerance)
+    champ_metrics = classification_metrics(y, champion_bundle.predict_frame(data.holdout),
+                                           champion_bundle.meta.threshold)
+    verdict = gate(cand_metrics["roc_auc"], champ_metrics["roc_auc"], settings.retrain.gate_tolerance)
     meta = replace(meta, metrics=cand_metrics)
     train_seconds = round(time.perf_counter() - t0, 3)
 
     tags = {"healmesh.trigger": trigger, "healmesh.drift_check": drift_check_id or "",
             "healmesh.window_first_id": window.first_id or "", "healmesh.window_last_id": window.last_id or "",
-            "healmesh.window_first_ts": f"{window.first_ts or 0:.3f}", "healmesh.window_last_ts": f"{window.last_ts or 0:.3f}",
+            "healmesh.window_first_ts": f"{window.first_ts or 0:.3f}",
+            "healmesh.window_last_ts": f"{window.last_ts or 0:.3f}",
             "healmesh.champion_version": champion.version, "healmesh.gate": "passed" if verdict.passed else "rejected",
             "healmesh.gate_reason": verdict.reason}
     drift_artifacts = {"drift_report_html": drift_files["html"],
@@ -126,7 +110,7 @@ def run_retrain(settings: Settings, redis: Any, *, trigger: str, drift_check_id:
             settings, "xgboost", bundle_dir, meta, run_name="retrain-xgboost",
             params={"seed": seed, "train_rows": len(data.train), "val_rows": len(data.val),
                     "holdout_rows": len(data.holdout), "recent_labelled_rows": data.recent_rows,
-                    "reference_rows": data.reference_rows, "reference_share": settings.retrain_reference_share,
+                    "reference_rows": data.reference_rows, "reference_share": settings.retrain.reference_share,
                     **meta.params},
             metrics={**{f"holdout_{k}": v for k, v in cand_metrics.items()},
                      **{f"champion_holdout_{k}": v for k, v in champ_metrics.items()}},

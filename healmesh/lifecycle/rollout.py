@@ -1,6 +1,6 @@
 """The staged canary rollout of a challenger: prepare, stages, then promote or roll back.
 
-One rollout at a time: ``prepare`` takes the rollout lease (``lease.py``), every stage check
+One rollout at a time: ``prepare`` takes the rollout lease (``healmesh.control.lease``), every stage check
 extends it, ``promote`` and ``rollback`` release it. A retrain waits for the lease before it moves
 ``challenger``, and ``abort`` breaks it, so a running stage learns on its next check that it must
 stop.
@@ -11,7 +11,7 @@ stop.
 - each stage: the gateway gives the canary its percentage of the XGBoost share, then every
   ``check_every_s``: the lease must still be ours and the canary slot must still serve the version
   under test (else the stage fails at once), and the analysis compares canary with stable on
-  counter increases that survive gateway restarts (``evidence.py``);
+  counter increases that survive gateway restarts (``healmesh.policies.evidence``);
 - promote: ``champion`` moves to the new version (the previous one, as prepare saw it, is tagged
   for `healmesh rollback`), stable serves it, the canary slot empties;
 - rollback: the mesh first, through the gateway alone (stage 0, status ``rolled_back``, or
@@ -26,13 +26,17 @@ from collections.abc import Callable
 from typing import Any
 
 from healmesh import registry, schema
-from healmesh.gateway.control import RolloutStatus
-from healmesh.lifecycle import canary as analysis
-from healmesh.lifecycle import events
-from healmesh.lifecycle.evidence import CounterEvidence, Scrape
-from healmesh.lifecycle.lease import LeaseStore
+from healmesh.control import events
+from healmesh.control.lease import LeaseStore
+from healmesh.control.state import RolloutStatus
+from healmesh.errors import LeaseLost, RolloutFailed
 from healmesh.lifecycle.mesh import MeshClient
-from healmesh.lifecycle.rollout_policy import (
+from healmesh.lifecycle.window import attach_labels, labelled, read_window
+from healmesh.policies import canary as analysis
+from healmesh.policies import routing
+from healmesh.policies.breaker import State
+from healmesh.policies.evidence import CounterEvidence, Scrape
+from healmesh.policies.rollout import (
     PROMOTE_FAILED,
     ROLLOUT_ABORTED,
     STAGE_FAILED,
@@ -41,27 +45,7 @@ from healmesh.lifecycle.rollout_policy import (
     lease_guard,
     stage_guard,
 )
-from healmesh.lifecycle.window import attach_labels, labelled, read_window
-from healmesh.policies import routing
 from healmesh.settings import Settings
-
-
-class RolloutFailed(RuntimeError):
-    """A stage failed its analysis (or the rollout could not start): roll back."""
-
-
-class LeaseLost(RolloutFailed):
-    """This rollout no longer holds the lease (aborted or expired): retrying cannot help."""
-
-
-def canary_config(s: Settings) -> analysis.CanaryConfig:
-    return analysis.CanaryConfig(
-        stages=tuple(s.canary_stages), interval_s=s.canary_interval_s, deadline_s=s.canary_deadline_s,
-        check_every_s=s.canary_check_every_s, min_requests=s.canary_min_requests,
-        min_latency_sample=s.canary_min_latency_sample,
-        max_error_rate_delta=s.canary_max_error_rate_delta, max_p95_ratio=s.canary_max_p95_ratio,
-        p95_slack_ms=s.canary_p95_slack_ms, min_quality_labels=s.canary_min_quality_labels,
-        min_quality_positives=s.canary_min_quality_positives, max_auc_drop=s.canary_max_auc_drop)
 
 
 def _v(version: str | None) -> str:
@@ -77,7 +61,7 @@ def prepare(settings: Settings, mesh: MeshClient, redis: Any, *, holder: str, ve
     target = version or event_version or (challenger.version if challenger else None)
     if target is None:
         raise RolloutFailed(f"{name} has no {alias}: nothing to roll out")
-    held = LeaseStore(redis, settings.key_prefix).acquire(Lease(holder, target, now()), settings.rollout_lease_ttl_s)
+    held = LeaseStore(redis, settings.key_prefix).acquire(Lease(holder, target, now()), settings.rollout.lease_ttl_s)
     if held is None or held.holder != holder:
         raise RolloutFailed(f"another rollout holds the lease ({held.describe() if held else 'unknown'}): one "
                             "rollout at a time; let it end, or end it with `healmesh rollout abort`")
@@ -104,10 +88,11 @@ def prepare(settings: Settings, mesh: MeshClient, redis: Any, *, holder: str, ve
     return {"version": target, "champion": previous, "rollout": holder}
 
 
-def _stage_quality(redis: Any, settings: Settings, since: float, cfg: analysis.CanaryConfig) -> dict[str, analysis.Quality]:
+def _stage_quality(redis: Any, settings: Settings, since: float,
+                   cfg: analysis.CanaryConfig) -> dict[str, analysis.Quality]:
     window = read_window(redis, settings.key_prefix, last_n=50_000, since_s=max(time.time() - since, 1.0))
     frame = labelled(attach_labels(redis, settings.key_prefix, window.frame))
-    out = {}
+    out: dict[str, analysis.Quality] = {}
     for variant in (routing.XGB_CANARY, routing.XGB_STABLE):
         part = frame[frame["variant"] == variant]
         out[variant] = analysis.quality(part[schema.LABEL].to_numpy(), part["probability"].to_numpy(), cfg)
@@ -121,23 +106,23 @@ def _canary_slot(mesh: MeshClient) -> str | None:
 def run_stage(settings: Settings, mesh: MeshClient, redis: Any, version: str, stage: int,
               cfg: analysis.CanaryConfig | None = None, *, holder: str, sleep: Callable[[float], None] = time.sleep,
               clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> dict[str, Any]:
-    cfg = cfg or canary_config(settings)
+    cfg = cfg or settings.canary
     prefix = settings.key_prefix
     leases = LeaseStore(redis, prefix)
 
     def guard(details: dict[str, Any]) -> None:
         """Fail the stage unless the lease is ours and the canary slot serves ``version``."""
-        stop = stage_guard(leases.refresh(holder, settings.rollout_lease_ttl_s), holder, _canary_slot(mesh), version)
+        stop = stage_guard(leases.refresh(holder, settings.rollout.lease_ttl_s), holder, _canary_slot(mesh), version)
         if stop is not None:
             events.record(redis, prefix, STAGE_FAILED, f"stage {stage}% failed: {stop.reason}",
-                          **{**details, "status": "fail", "reasons": [stop.reason]})
+                          **{**details, "status": analysis.StageStatus.FAIL, "reasons": [stop.reason]})
             raise (LeaseLost if stop.kind is StopKind.LEASE_LOST else RolloutFailed)(f"stage {stage}%: {stop.reason}")
 
     base = {"stage": stage, "version": version, "rollout": holder}
     guard(base)
     # taken before the routing change: a gateway started after this counts all its calls
     started_wall = wall()
-    mesh.set_rollout(stage, version, "running", why=f"canary stage {stage}% for v{version}")
+    mesh.set_rollout(stage, version, RolloutStatus.RUNNING, why=f"canary stage {stage}% for v{version}")
     evidence = CounterEvidence(stage_started_at=started_wall)
     evidence.add(Scrape.parse(mesh.gateway_metrics()))
     started = clock()
@@ -156,13 +141,13 @@ def run_stage(settings: Settings, mesh: MeshClient, redis: Any, version: str, st
             analysis.stats_from_increases(totals, routing.XGB_CANARY),
             analysis.stats_from_increases(totals, routing.XGB_STABLE),
             clock() - started, cfg,
-            canary_breaker_open=state["breakers"][routing.XGB_CANARY]["state"] == "open",
+            canary_breaker_open=state["breakers"][routing.XGB_CANARY]["state"] == State.OPEN,
             canary_quality=quality[routing.XGB_CANARY], stable_quality=quality[routing.XGB_STABLE])
-        if verdict.status == "wait":
+        if verdict.status is analysis.StageStatus.WAIT:
             continue
         details = {**base, "status": verdict.status, "reasons": list(verdict.reasons),
                    "resets": [r.as_dict() for r in evidence.resets], **verdict.details}
-        if verdict.status == "fail":
+        if verdict.status is analysis.StageStatus.FAIL:
             events.record(redis, prefix, STAGE_FAILED, f"stage {stage}% failed: {'; '.join(verdict.reasons)}",
                           **details)
             raise RolloutFailed(f"stage {stage}%: {'; '.join(verdict.reasons)}")
@@ -176,7 +161,7 @@ def promote(settings: Settings, mesh: MeshClient, redis: Any, version: str, *, h
     failed try already moved ``champion`` to). Safe to repeat."""
     name = settings.xgb_registered_name
     leases = LeaseStore(redis, settings.key_prefix)
-    lost = lease_guard(leases.refresh(holder, settings.rollout_lease_ttl_s), holder)
+    lost = lease_guard(leases.refresh(holder, settings.rollout.lease_ttl_s), holder)
     if lost is not None:
         raise LeaseLost(f"promote of v{version}: {lost.reason}")
     registry.tag_version(settings, name, version, {"healmesh.rollout": "promoted",
@@ -184,7 +169,7 @@ def promote(settings: Settings, mesh: MeshClient, redis: Any, version: str, *, h
     # order matters for zero errors: stable takes the new version before the canary share goes
     registry.set_alias(settings, name, settings.champion_alias, version)
     mesh.reload_xgboost()
-    mesh.set_rollout(0, None, "promoted", why=f"v{version} promoted after all stages passed")
+    mesh.set_rollout(0, None, RolloutStatus.PROMOTED, why=f"v{version} promoted after all stages passed")
     challenger = registry.version_by_alias(settings, name, settings.challenger_alias)
     if challenger is not None and challenger.version == version:
         registry.delete_alias(settings, name, settings.challenger_alias)
@@ -211,7 +196,7 @@ def rollback(settings: Settings, mesh: MeshClient, redis: Any, version: str | No
     gateway alone (no registry needed): canary weight 0, stable serves the champion."""
     name, prefix = settings.xgb_registered_name, settings.key_prefix
     failed = status is RolloutStatus.FAILED
-    mesh.set_rollout(0, None, status.value, why=f"{status.value}: v{version}: {reason}"[:500], note=reason[:500])
+    mesh.set_rollout(0, None, status, why=f"{status}: v{version}: {reason}"[:500], note=reason[:500])
     if failed and not any(e["kind"] == "rollout_failed" for e in events.for_rollout(redis, prefix, holder or "")):
         events.record(redis, prefix, "rollout_failed", f"rollout of v{version} failed: {reason}; canary at 0 %, "
                       "stable serves the champion", version=version, rollout=holder, reason=reason)
@@ -244,7 +229,7 @@ def abort(settings: Settings, mesh: MeshClient, redis: Any, why: str, who: str) 
     the rollout back now and record who and why."""
     lease = LeaseStore(redis, settings.key_prefix).break_()
     current = mesh.rollout()
-    if lease is None and current.get("status") != RolloutStatus.RUNNING.value:
+    if lease is None and current.get("status") != RolloutStatus.RUNNING:
         raise RolloutFailed("no rollout is running and none holds the lease: nothing to abort")
     version = (lease.version if lease else None) or current.get("canary_version")
     holder = lease.holder if lease else None

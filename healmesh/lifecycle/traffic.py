@@ -17,6 +17,7 @@ import numpy as np
 
 from healmesh import schema
 from healmesh.data import NO_DRIFT, DriftSpec, generate
+from healmesh.errors import ConfigError
 
 
 @dataclass
@@ -54,7 +55,7 @@ class TrafficResult:
 def _local(url: str) -> str:
     host = urlparse(url).hostname
     if host not in ("127.0.0.1", "localhost"):
-        raise ValueError(f"demo traffic only goes to this machine, not {host}")
+        raise ConfigError(f"demo traffic only goes to this machine, not {host}")
     return url.rstrip("/")
 
 

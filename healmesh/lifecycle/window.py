@@ -2,7 +2,7 @@
 
 Each primary record of the stream gives the request's features and the answer (variant,
 model version, probability); labels come from the minute hash of its request id, where
-``/feedback`` put them (key layout: ``healmesh.logkeys``).
+``/feedback`` put them (key layout: ``healmesh.control.keys``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from healmesh import logkeys, schema
+from healmesh import schema
+from healmesh.control import keys
 
 ANSWER_COLUMNS = ["request_id", "ts", "variant", "model", "model_version", "probability", "predicted"]
 
@@ -40,7 +41,7 @@ def _s(v: Any) -> str:
 def read_window(redis: Any, prefix: str, *, last_n: int | None = 10_000, since_s: float | None = None,
                 chunk: int = 5_000) -> Window:
     """The newest primary records: at most ``last_n`` and (if given) not older than ``since_s``."""
-    stream = logkeys.stream(prefix)
+    stream = keys.stream(prefix)
     cutoff = time.time() - since_s if since_s else None
     rows: list[dict[str, Any]] = []
     ids: list[str] = []
@@ -90,7 +91,7 @@ def attach_labels(redis: Any, prefix: str, frame: pd.DataFrame, chunk: int = 2_0
     by_key: dict[str, list[int]] = {}
     ids = list(out["request_id"])
     for i, rid in enumerate(ids):
-        key = logkeys.bucket_key(prefix, rid)
+        key = keys.bucket_key(prefix, rid)
         if key is not None:
             by_key.setdefault(key, []).append(i)
     pipe = redis.pipeline(transaction=False)
@@ -98,7 +99,7 @@ def attach_labels(redis: Any, prefix: str, frame: pd.DataFrame, chunk: int = 2_0
     for key, rows in by_key.items():
         for start in range(0, len(rows), chunk):
             part = rows[start:start + chunk]
-            pipe.hmget(key, [logkeys.label_field(ids[i]) for i in part])
+            pipe.hmget(key, [keys.label_field(ids[i]) for i in part])
             calls.append(part)
     labels = np.full(len(ids), np.nan)
     for part, values in zip(calls, pipe.execute(), strict=True):

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from healmesh import features
+from healmesh.errors import HealmeshError
 
 META_FILE = "meta.json"
 
@@ -55,8 +56,8 @@ class FraudModel(Protocol):
     def load_weights(cls, directory: Path, meta: BundleMeta) -> FraudModel: ...
 
 
-class IncompatibleBundle(RuntimeError):
-    pass
+class IncompatibleBundle(HealmeshError, RuntimeError):
+    """A saved model bundle this code cannot serve (another schema or format)."""
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel, ConfigDict, model_validator
 
-class State(enum.Enum):
+from healmesh.errors import IllegalTransition
+
+
+class State(enum.StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
@@ -47,8 +51,11 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 }
 
 
-@dataclass(frozen=True)
-class BreakerConfig:
+class BreakerConfig(BaseModel):
+    """Frozen and validated; it is also ``Settings.breaker`` (env ``HEALMESH_BREAKER__<FIELD>``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     consecutive_failures: int = 5
     failure_rate: float = 0.5
     min_calls: int = 20
@@ -59,7 +66,8 @@ class BreakerConfig:
     ramp: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     ramp_step_s: float = 2.0
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> BreakerConfig:
         def need(ok: bool, what: str, value: object) -> None:
             if not ok:
                 raise ValueError(f"{what}, but was {value!r}")
@@ -74,6 +82,7 @@ class BreakerConfig:
         need(len(self.ramp) >= 1 and self.ramp[-1] == 1.0 and all(0 < r <= 1 for r in self.ramp)
              and list(self.ramp) == sorted(self.ramp), "ramp must rise to 1.0 in (0, 1] steps", self.ramp)
         need(self.ramp_step_s > 0, "ramp_step_s must be > 0", self.ramp_step_s)
+        return self
 
 
 @dataclass(frozen=True)
@@ -127,15 +136,15 @@ class _Window:
 
 
 class CircuitBreaker:
-    def __init__(self, upstream: str, config: BreakerConfig = BreakerConfig(),
+    def __init__(self, upstream: str, config: BreakerConfig | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.upstream = upstream
-        self.config = config
+        self.config = config or BreakerConfig()
         self._clock = clock
         self._state = State.CLOSED
         self._since = clock()
         self._consecutive = 0
-        self._window = _Window(config.window_s)
+        self._window = _Window(self.config.window_s)
         self._probes_in_flight = 0
         self._probe_successes = 0
         self._closed_at: float | None = None  # start of the ramp after a recovery
@@ -156,6 +165,12 @@ class CircuitBreaker:
         if state is State.OPEN:
             return False
         return self._probes_in_flight < self.config.half_open_probes
+
+    def wants_probe(self) -> bool:
+        """HALF_OPEN with a probe slot free: the next request should go here, whatever the
+        routing point says. With sticky keys and one card (a load test replaying one body), no
+        request's point fell in the half-open share: the breaker stayed half-open for 4 minutes."""
+        return self.state is State.HALF_OPEN and self._probes_in_flight < self.config.half_open_probes
 
     def capacity(self) -> float:
         """Share (0..1) of its routing weight the upstream may take now."""
@@ -234,7 +249,7 @@ class CircuitBreaker:
         """The one transition helper: checks legality, resets counters, tells listeners."""
         src = self._state
         if to not in TRANSITIONS[src]:
-            raise RuntimeError(f"illegal breaker transition {src.value} -> {to.value}")
+            raise IllegalTransition(f"illegal breaker transition {src.value} -> {to.value}")
         now = self._clock()
         self._state, self._since = to, now
         self._epoch += 1

@@ -5,30 +5,36 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, model_validator
 
 
-@dataclass(frozen=True)
-class RetryBudgetConfig:
+class RetryBudgetConfig(BaseModel):
+    """Frozen and validated; it is also ``Settings.retry_budget`` (env ``HEALMESH_RETRY_BUDGET__<FIELD>``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     ratio: float = 0.2
     window_s: int = 10
     min_per_window: int = 10
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> RetryBudgetConfig:
         if not 0.0 <= self.ratio <= 1.0:
             raise ValueError(f"ratio must be in [0, 1], but was {self.ratio}")
         if self.window_s < 1:
             raise ValueError(f"window_s must be >= 1, but was {self.window_s}")
         if self.min_per_window < 0:
             raise ValueError(f"min_per_window must be >= 0, but was {self.min_per_window}")
+        return self
 
 
 class RetryBudget:
     """One-second buckets over the window: O(1) per call."""
 
-    def __init__(self, config: RetryBudgetConfig = RetryBudgetConfig(),
+    def __init__(self, config: RetryBudgetConfig | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.config = config
+        self.config = config = config or RetryBudgetConfig()
         self._clock = clock
         n = config.window_s
         self._requests = [0] * n

@@ -11,13 +11,22 @@ import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from enum import StrEnum
 
-XGB_STABLE = "xgboost_stable"
-XGB_CANARY = "xgboost_canary"
-PYTORCH = "pytorch"
-VARIANTS: tuple[str, ...] = (XGB_STABLE, XGB_CANARY, PYTORCH)
-Variant = Literal["xgboost_stable", "xgboost_canary", "pytorch"]
+from healmesh.errors import ChangeRejected
+
+
+class Variant(StrEnum):
+    """The model endpoints with a routing weight (the values are what Redis, the JSON answers and
+    the metrics labels carry)."""
+
+    XGB_STABLE = "xgboost_stable"
+    XGB_CANARY = "xgboost_canary"
+    PYTORCH = "pytorch"
+
+
+XGB_STABLE, XGB_CANARY, PYTORCH = Variant.XGB_STABLE, Variant.XGB_CANARY, Variant.PYTORCH
+VARIANTS: tuple[Variant, ...] = tuple(Variant)
 FALLBACK = "fallback"  # the rule scorer: not weighted, the next step after the variants
 RULES = "gateway_rules"  # the gateway's own in-process rules: the last resort
 
@@ -27,10 +36,11 @@ DEFAULT_WEIGHTS: Mapping[str, float] = {XGB_STABLE: 0.8, XGB_CANARY: 0.0, PYTORC
 MAX_WEIGHT = 1e6  # weights are relative; a bound keeps their sum finite (1e308 + 1e308 is inf)
 
 
-class WeightsError(ValueError):
+class WeightsError(ChangeRejected):
+    """Routing weights that are not weights (422); ``field`` names the one at fault."""
+
     def __init__(self, message: str, field: str = "weights") -> None:
-        super().__init__(message)
-        self.field = field
+        super().__init__(message, field)
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,13 @@ def choose(weights: Mapping[str, float], point: float) -> str | None:
         if point < acc:
             return v
     return last  # rounding: a point at the very top belongs to the last variant
+
+
+def probe_first(configured: Weights, wanting_probe: Iterable[str]) -> str | None:
+    """A configured variant whose breaker waits for a probe request, taken before the routing
+    point: a half-open breaker closes only on real calls, and a sticky key may never choose it."""
+    wanting = set(wanting_probe)
+    return next((v for v, w in configured.values if w > 0 and v in wanting), None)
 
 
 def failover_candidates(weights: Mapping[str, float], tried: Iterable[str]) -> list[str]:

@@ -22,6 +22,8 @@ class FaultRequest(BaseModel):
     status: Literal[429, 500, 502, 503, 504] = 500
     slot: Literal["all", "stable", "canary"] = "all"
     fail_readyz: bool = False
+    garbage_rate: float = Field(0.0, ge=0.0, le=1.0,
+                                description="share of predictions answered 200 with a non-JSON body")
     seed: int | None = Field(None, ge=0, le=2**32, description="fixes the sequence of error decisions")
 
 

@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from healmesh.errors import ConfigError
+
 Slot = Literal["all", "stable", "canary"]
 
 # ASGI types, kept local to avoid a dependency for three aliases
@@ -27,21 +29,24 @@ class FaultConfig:
     status: int = 500  # 500 (a broken model) or 503/429 (an overloaded one)
     slot: Slot = "all"  # which predict route: stable, canary or both
     fail_readyz: bool = False  # /readyz answers 503 while the fault is on
+    garbage_rate: float = 0.0  # share of predict requests answered 200 with a body that is not JSON
     seed: int | None = None  # fixes the sequence of error decisions (a reproducible chaos run)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.error_rate <= 1.0:
-            raise ValueError(f"error_rate must be in [0, 1], but was {self.error_rate}")
+            raise ConfigError(f"error_rate must be in [0, 1], but was {self.error_rate}")
+        if not 0.0 <= self.garbage_rate <= 1.0:
+            raise ConfigError(f"garbage_rate must be in [0, 1], but was {self.garbage_rate}")
         if not 0.0 <= self.latency_ms <= 60_000:
-            raise ValueError(f"latency_ms must be in [0, 60000], but was {self.latency_ms}")
+            raise ConfigError(f"latency_ms must be in [0, 60000], but was {self.latency_ms}")
         if self.status not in (429, 500, 502, 503, 504):
-            raise ValueError(f"status must be one of 429, 500, 502, 503, 504, but was {self.status}")
+            raise ConfigError(f"status must be one of 429, 500, 502, 503, 504, but was {self.status}")
         if self.slot not in ("all", "stable", "canary"):
-            raise ValueError(f"slot must be all, stable or canary, but was {self.slot!r}")
+            raise ConfigError(f"slot must be all, stable or canary, but was {self.slot!r}")
 
     @property
     def active(self) -> bool:
-        return self.error_rate > 0 or self.latency_ms > 0 or self.fail_readyz
+        return self.error_rate > 0 or self.latency_ms > 0 or self.fail_readyz or self.garbage_rate > 0
 
     def applies_to(self, slot: str) -> bool:
         return self.slot == "all" or self.slot == slot
@@ -83,6 +88,15 @@ class FaultInjector:
                 self.delayed_requests += 1
         return cfg.latency_ms / 1000.0, (cfg.status if fail else None)
 
+    def garbage(self, slot: str) -> bool:
+        """Whether one request to ``slot`` gets a 200 whose body does not parse (a broken
+        serializer, a proxy's error page)."""
+        cfg = self._config
+        if not cfg.applies_to(slot) or cfg.garbage_rate <= 0:
+            return False
+        with self._lock:
+            return self._rng.random() < cfg.garbage_rate
+
     def snapshot(self) -> dict[str, Any]:
         return {**asdict(self._config), "active": self._config.active,
                 "injected_errors": self.injected_errors, "delayed_requests": self.delayed_requests}
@@ -108,6 +122,12 @@ class FaultMiddleware:
         delay, status = self.injector.decide(slot)
         if delay:
             await asyncio.sleep(delay)
+        if status is None and self.injector.garbage(slot):
+            body = b"<html>upstream error</html>"
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+            await send({"type": "http.response.body", "body": body})
+            return
         if status is None:
             await self.app(scope, receive, send)
             return

@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from healmesh import procs
+from healmesh.ops import procs
+from healmesh.urls import local_redis_url, local_url
 
 from .conftest import ROOT, TOKEN
 from .load import transactions
@@ -84,12 +85,12 @@ def test_built_mesh_serves_gateway_and_scorers_from_its_own_models(mesh_bento, r
     tag, _ = mesh_bento
     shipped = export(tag, tmp_path)
     port = procs.free_port()
-    dead_registry = f"http://127.0.0.1:{procs.free_port()}"
+    dead_registry = local_url(procs.free_port())
     server = procs.ServerProcess(
         name="mesh-bento", port=port, log_path=session_dir / "logs" / "mesh-bento.log", cwd=tmp_path,
         cmd=[sys.executable, "-m", "bentoml", "serve", str(shipped), "--host", "127.0.0.1", "-p", str(port)],
         env={"MLFLOW_TRACKING_URI": dead_registry, "HEALMESH_ADMIN_TOKEN": TOKEN,
-             "HEALMESH_REDIS_URL": f"redis://127.0.0.1:{redis_srv.port}/0", "HEALMESH_KEY_PREFIX": "hm-mesh",
+             "HEALMESH_REDIS_URL": local_redis_url(redis_srv.port), "HEALMESH_KEY_PREFIX": "hm-mesh",
              "BENTOML_HOME": str(tmp_path / "empty-bentoml-home")},
     )
     server.start()

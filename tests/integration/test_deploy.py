@@ -17,9 +17,9 @@ import psutil
 import pytest
 import yaml
 
-from healmesh import procs
+from healmesh.ops import procs
 
-from .conftest import ROOT, TOKEN, publish_drift
+from .conftest import ROOT, TOKEN, metric_value, poll, publish_drift
 from .load import run, transactions
 
 pytestmark = pytest.mark.integration
@@ -64,6 +64,7 @@ def prometheus(gateway, scorers, session_dir):
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(DEPLOY / "prometheus" / "rules.yml")]
+    config.pop("alerting")  # the file's Alertmanager is the fixed 9093: no test sends alerts there
     ports = {"healmesh-gateway": [gateway.port], "healmesh-scorers": [s.port for s in scorers.values()]}
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": [f"127.0.0.1:{p}" for p in ports[job["job_name"]]]}]
@@ -120,7 +121,8 @@ def metric_names(expr: str) -> set[str]:
 def test_every_dashboard_query_names_only_metrics_the_mesh_exports(gateway, scorers, redis_srv):
     run(gateway.url + "/api/v1/predict", transactions(50, seed=22), concurrency=4)
     publish_drift(redis_srv.port)  # drift series exist once the drift DAG has written a result
-    time.sleep(1.2)  # the gateway re-reads the control state every second
+    poll(lambda: metric_value(httpx.get(gateway.url + "/metrics").text, "healmesh_drift_detected") == 1, 15,
+         "the gateway to export the published drift")
     exported: set[str] = set()
     for url in [gateway.url, *(s.url for s in scorers.values())]:
         for line in httpx.get(url + "/metrics").text.splitlines():
@@ -137,7 +139,8 @@ def test_every_dashboard_query_names_only_metrics_the_mesh_exports(gateway, scor
             assert names, target["expr"]
             unknown = names - exported - recorded
             assert not unknown, f"panel {panel['title']!r} queries {unknown}, which nothing exports"
-    wanted = ["Traffic split", "latency", "Breaker", "Fallback", "Shadow", "Drift per feature", "Rollout", "Feature-log"]
+    wanted = ["Traffic split", "latency", "Breaker", "Fallback", "Shadow", "Drift per feature", "Rollout",
+              "Feature-log"]
     assert all(any(w.lower() in t.lower() for t in titles) for w in wanted), titles
     for f in (DEPLOY / "grafana" / "provisioning").rglob("*.yaml"):
         assert yaml.safe_load(f.read_text())["apiVersion"] == 1
@@ -298,11 +301,16 @@ def test_status_page_renders_in_chromium_and_matches_the_admin_api(gateway, arti
              "--virtual-time-budget=3000"]
     profile = artifacts_dir / ".chromium-ui"
     url = gateway.url + "/ui/"
-    sh(chromium, *flags, f"--user-data-dir={profile}", "--window-size=1400,1300",
-       f"--screenshot={artifacts_dir / 'status_page.png'}", url)
-    dom = sh(chromium, *flags, f"--user-data-dir={profile}", "--dump-dom", url).stdout
+    png = artifacts_dir / "status_page.png"
+    png.unlink(missing_ok=True)  # a PNG an earlier run left must not pass for this one's
+    started = time.time()
+    shot = sh(chromium, *flags, f"--user-data-dir={profile}", "--window-size=1400,1300", f"--screenshot={png}", url)
+    assert shot.returncode == 0, shot.stderr[-2000:]
+    dumped = sh(chromium, *flags, f"--user-data-dir={profile}", "--dump-dom", url)
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    dom = dumped.stdout
     shutil.rmtree(profile, ignore_errors=True)
-    assert (artifacts_dir / "status_page.png").stat().st_size > 20_000
+    assert png.is_file() and png.stat().st_mtime >= started - 1 and png.stat().st_size > 20_000
     state = httpx.get(gateway.url + "/api/v1/admin/state", headers=AUTH).json()
     for variant, weight in state["control"]["weights"].items():
         assert re.search(rf"data-weight=\"{variant}\">{weight:.0%}<", dom), variant
@@ -313,3 +321,6 @@ def test_status_page_renders_in_chromium_and_matches_the_admin_api(gateway, arti
     assert 'data-slot="xgboost-stable">v1 (mlflow)<' in dom
     assert "Lifecycle events" in dom and "Admin changes" in dom
     assert httpx.get(gateway.url + "/ui/reports/..%2F..%2Fetc%2Fpasswd").status_code == 404
+    # a name the route matches and the guard refuses (tests/unit/test_gateway_status_page.py has the rest)
+    refused = httpx.get(gateway.url + "/ui/reports/%2E%2E")
+    assert refused.status_code == 404 and refused.json() == {"detail": "no such report"}

@@ -21,18 +21,20 @@ from typing import Any
 import httpx
 import pytest
 
-from healmesh import procs, registry
+from healmesh import registry
+from healmesh.control import events
+from healmesh.control.lease import LeaseStore
 from healmesh.data import generate
-from healmesh.lifecycle import events
-from healmesh.lifecycle.canary import parse_metrics
-from healmesh.lifecycle.evidence import Scrape
-from healmesh.lifecycle.lease import LeaseStore
-from healmesh.lifecycle.rollout_policy import Lease
 from healmesh.lifecycle.traffic import Background, send_sync
+from healmesh.ops import procs
+from healmesh.policies.canary import parse_metrics
+from healmesh.policies.evidence import Scrape
+from healmesh.policies.rollout import Lease
 from healmesh.settings import Settings, get_settings
 from healmesh.training import TrainConfig, train
+from healmesh.urls import local_redis_url
 
-from .conftest import TOKEN, scorer_env, start_gateway, start_scorer
+from .conftest import TOKEN, WITHOUT_LIVE_AUC, scorer_env, start_gateway, start_scorer
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,15 +139,16 @@ def mesh(scorers, redis_srv, session_dir: Path) -> Iterator[Mesh]:
         migrated = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True, timeout=300)
         assert migrated.returncode == 0, migrated.stdout[-2000:] + migrated.stderr[-2000:]
         fast = {"HEALMESH_GATEWAY_URL": gw.url, "HEALMESH_XGB_URL": xgb.url,
-                "HEALMESH_REDIS_URL": f"redis://127.0.0.1:{redis_srv.port}/0", "HEALMESH_KEY_PREFIX": PREFIX,
-                "HEALMESH_CANARY_INTERVAL_S": "4", "HEALMESH_CANARY_DEADLINE_S": "60",
-                "HEALMESH_CANARY_CHECK_EVERY_S": "1", "HEALMESH_CANARY_MIN_REQUESTS": "40",
-                "HEALMESH_CANARY_MIN_LATENCY_SAMPLE": "40", "HEALMESH_RETRAIN_MIN_LABELS": "500",
-                "HEALMESH_GATE_TOLERANCE": "1.0",  # the gate is not under test here: every candidate passes
+                "HEALMESH_REDIS_URL": local_redis_url(redis_srv.port), "HEALMESH_KEY_PREFIX": PREFIX,
+                "HEALMESH_CANARY__INTERVAL_S": "4", "HEALMESH_CANARY__DEADLINE_S": "60",
+                "HEALMESH_CANARY__CHECK_EVERY_S": "1", "HEALMESH_CANARY__MIN_REQUESTS": "40",
+                "HEALMESH_CANARY__MIN_LATENCY_SAMPLE": "40", "HEALMESH_RETRAIN__MIN_LABELS": "500",
+                "HEALMESH_RETRAIN__GATE_TOLERANCE": "1.0",  # the gate is not under test here: every candidate passes
+                **WITHOUT_LIVE_AUC,  # nor the live-AUC rule: v1 and v2 rank equally well
                 "HEALMESH_CHALLENGER_POKE_S": "1", "HEALMESH_CHALLENGER_WAIT_S": "600",
                 # read when the DAG file is parsed: short backoff for promote, room for MLflow to come back
-                "HEALMESH_ROLLOUT_PROMOTE_RETRIES": "2", "HEALMESH_ROLLOUT_ROLLBACK_RETRIES": "12",
-                "HEALMESH_ROLLOUT_RETRY_DELAY_S": "1", "HEALMESH_ROLLOUT_RETRY_MAX_DELAY_S": "10"}
+                "HEALMESH_ROLLOUT__PROMOTE_RETRIES": "2", "HEALMESH_ROLLOUT__ROLLBACK_RETRIES": "12",
+                "HEALMESH_ROLLOUT__RETRY_DELAY_S": "1", "HEALMESH_ROLLOUT__RETRY_MAX_DELAY_S": "10"}
         for k, v in fast.items():
             mp.setenv(k, v)
         get_settings.cache_clear()
@@ -174,7 +177,8 @@ def test_the_lease_is_taken_extended_and_released_by_its_holder_only(redis_srv):
     assert store.acquire(first, ttl_s=60) == first  # the holder may take it again (a retried task)
     assert store.refresh("canary_rollout/b", ttl_s=1) == first and store.redis.pttl(store.key) > 1_000
     assert not store.release("canary_rollout/b") and store.current() == first
-    assert store.release("canary_rollout/a") and store.current() is None and store.refresh("canary_rollout/a", 60) is None
+    assert store.release("canary_rollout/a") and store.current() is None
+    assert store.refresh("canary_rollout/a", 60) is None
     store.acquire(second, ttl_s=60)
     assert store.break_() == second and store.current() is None
 
@@ -225,7 +229,7 @@ def test_a_retrain_waits_for_the_running_rollout_before_moving_the_challenger(me
 def test_a_stage_fails_when_its_canary_slot_changes_mid_stage(mesh):
     """Item 6: every check reads the scorer's canary slot; another version there fails the stage."""
     assert mesh.alias("challenger") == "3"
-    mesh.setenv(HEALMESH_CANARY_INTERVAL_S="120", HEALMESH_CANARY_DEADLINE_S="240")  # no pass before the swap
+    mesh.setenv(HEALMESH_CANARY__INTERVAL_S="120", HEALMESH_CANARY__DEADLINE_S="240")  # no pass before the swap
 
     def swap_the_challenger() -> dict[str, Any]:
         wait_for("stage 10 of v3", lambda: (r := mesh.rollout())["stage"] == 10 and r["status"] == "running"
@@ -237,7 +241,7 @@ def test_a_stage_fails_when_its_canary_slot_changes_mid_stage(mesh):
     try:
         state, tasks, _ = mesh.run("canary_rollout")
     finally:
-        mesh.setenv(HEALMESH_CANARY_INTERVAL_S="4", HEALMESH_CANARY_DEADLINE_S="60")
+        mesh.setenv(HEALMESH_CANARY__INTERVAL_S="4", HEALMESH_CANARY__DEADLINE_S="60")
     assert watch.result()["canary"]["version"] == "2"
     reason = "the XGBoost scorer's canary slot serves v2, not v3 under test"
     failed = mesh.events("stage_failed")[0]
@@ -253,18 +257,18 @@ def test_a_stage_fails_when_its_canary_slot_changes_mid_stage(mesh):
 def test_an_abort_rolls_back_now_and_the_running_stage_stops(mesh):
     """Item 6: `healmesh rollout abort --why` ends the rollout explicitly, with an event."""
     registry.set_alias(mesh.settings, NAME, "challenger", "2")
-    mesh.setenv(HEALMESH_CANARY_INTERVAL_S="120", HEALMESH_CANARY_DEADLINE_S="240")
+    mesh.setenv(HEALMESH_CANARY__INTERVAL_S="120", HEALMESH_CANARY__DEADLINE_S="240")
 
     def abort_from_the_cli() -> subprocess.CompletedProcess[str]:
         wait_for("stage 10 of v2", lambda: mesh.rollout().get("status") == "running")
-        return subprocess.run([sys.executable, "-m", "healmesh.cli", "rollout", "abort", "--why", "labels look wrong"],
-                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+        return subprocess.run([sys.executable, "-m", "healmesh.ops.cli", "rollout", "abort",
+                               "--why", "labels look wrong"], capture_output=True, text=True, timeout=120, cwd=ROOT)
 
     watch = Watch(abort_from_the_cli)
     try:
         state, tasks, _ = mesh.run("canary_rollout")
     finally:
-        mesh.setenv(HEALMESH_CANARY_INTERVAL_S="4", HEALMESH_CANARY_DEADLINE_S="60")
+        mesh.setenv(HEALMESH_CANARY__INTERVAL_S="4", HEALMESH_CANARY__DEADLINE_S="60")
     done = watch.result()
     assert done.returncode == 0 and "aborted and rolled back" in done.stdout, done.stdout + done.stderr
     assert state == "failed" and tasks["stage_10"] == "failed" and tasks["rollback"] == "success", tasks
@@ -298,8 +302,17 @@ def test_mlflow_down_at_promote_leaves_the_mesh_safe_and_the_rollout_failed(mesh
     registry.set_alias(mesh.settings, NAME, "challenger", "2")
     assert Scrape.parse(httpx.get(mesh.gateway + "/metrics", timeout=10).text).instances  # restarts are detectable
 
+    failed_before = len(mesh.events("stage_failed"))
+
+    def at_stage_100() -> bool:
+        failed = mesh.events("stage_failed")
+        if len(failed) > failed_before:  # say why at once rather than wait out the bound
+            raise AssertionError(f"a stage failed before stage 100: {failed[0]['message']}")
+        r = mesh.rollout()
+        return bool(r["stage"] == 100 and r["status"] == "running")
+
     def take_mlflow_away_at_the_last_stage() -> dict[str, Any]:
-        wait_for("stage 100", lambda: (r := mesh.rollout())["stage"] == 100 and r["status"] == "running")
+        wait_for("stage 100", at_stage_100)
         server = mesh.mlflow["server"]
         procs.kill_tree(server.popen.pid)  # down at once, as a crash
         server.popen.wait(timeout=30)

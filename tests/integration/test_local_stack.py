@@ -11,15 +11,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
-from healmesh import credentials, procs, redis_conn, stack
+from healmesh import credentials, redis_conn
+from healmesh.ops import procs, stack
+from healmesh.ops.supervisor import client
+from healmesh.ops.supervisor.spec import Spec
 from healmesh.settings import Settings
+from healmesh.urls import local_redis_url, local_url
 
 from .conftest import ROOT, scorer_urls
 from .load import transactions
@@ -67,13 +71,18 @@ def mesh(foreign, scorers, tmp_path_factory) -> Iterator[Mesh]:
     settings = Settings(**{k.removeprefix("HEALMESH_").lower(): v for k, v in env.items()},
                         admin_token=None, labeller_token=None)
     try:
-        # what `healmesh up` does before it trains: private dirs, Redis, the children's env
+        # what `healmesh up` does, without models: private dirs, Redis, the children's env, the
+        # supervisor; the gateway routes to the session's scorers (ready once its variants answer)
         stack.secure_home(settings)
-        stack.ensure_redis(settings)
-        child_env = stack.scorer_env(settings, tracking=f"http://127.0.0.1:{procs.free_port()}")
-        # the session's scorers: a gateway is ready only once its model variants answer
-        gateway = {**stack.gateway_env(settings, child_env), **scorer_urls(scorers)}
-        assert stack._start_group(settings, [("gateway", stack.GATEWAY, settings.gateway_port, gateway)]) == 0
+        redis_program = stack.redis_program(settings)
+        assert redis_program is not None
+        child_env = stack.scorer_env(settings, tracking=local_url(procs.free_port()))
+        gateway = stack.gateway_program(settings, child_env)
+        gateway = replace(gateway, env={**gateway.env, **scorer_urls(scorers)})
+        spec = Spec(run_dir=str(stack.run_dir(settings)), log_dir=str(home / "logs"), programs=(redis_program, gateway))
+        supervisor = client.start_daemon(spec, cwd=ROOT)
+        for group in ((redis_program,), (gateway,)):
+            assert stack._start_group(settings, supervisor, group) == 0
         yield Mesh(settings=settings, env=env, child_env=child_env)
     finally:
         stack.down(settings)
@@ -161,11 +170,11 @@ def test_no_log_holds_a_secret(mesh):
 
 def test_status_from_a_plain_shell_names_our_redis_without_a_secret(mesh):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HEALMESH_", "MLFLOW_"))}
-    done = subprocess.run([sys.executable, "-m", "healmesh.cli", "status"], capture_output=True, text=True, cwd=ROOT,
-                          env={**env, **mesh.env}, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "healmesh.ops.cli", "status"], capture_output=True, text=True,
+                          cwd=ROOT, env={**env, **mesh.env}, timeout=120)
     out = done.stdout + done.stderr
-    url = f"redis://127.0.0.1:{_our_port(mesh)}/0"
-    line = next(line for line in out.splitlines() if line.startswith("redis"))
+    url = local_redis_url(_our_port(mesh))
+    line = next(line for line in out.splitlines() if line.startswith("redis") and "redis://" in line)
     assert url in line and "ours" in line and line.endswith("up"), out
     assert str(credentials.secret_path(mesh.settings, "redis_password")) in line
     for name, value in _secrets(mesh).items():
@@ -174,13 +183,13 @@ def test_status_from_a_plain_shell_names_our_redis_without_a_secret(mesh):
 
 def test_a_second_up_reuses_our_redis(mesh, capsys):
     _ours(mesh).set("written-before", "1")
-    pid_file = mesh.settings.home / "run" / "redis.pid"
-    pid = pid_file.read_text()
+    supervisor = stack.supervisor(mesh.settings)
+    pid = supervisor.pids("redis")
     again = Settings(**{k.removeprefix("HEALMESH_").lower(): v for k, v in mesh.env.items()})
     stack.secure_home(again)
-    stack.ensure_redis(again)
+    assert stack.redis_program(again) is None  # nothing to start
     assert f"already running on {redis_conn.url(mesh.settings)}" in capsys.readouterr().out
-    assert redis_conn.url(again) == redis_conn.url(mesh.settings) and pid_file.read_text() == pid
+    assert redis_conn.url(again) == redis_conn.url(mesh.settings) and supervisor.pids("redis") == pid
     assert redis_conn.sync_client(again).get("written-before") == b"1"
 
 
@@ -228,7 +237,7 @@ def test_up_stops_at_an_unprotected_redis_an_older_up_left_running(tmp_path):
         (home / "run" / "redis.pid").write_text(str(old.popen.pid if old.popen else ""))  # as the older up did
         settings = Settings(home=home, redis_port=old.port)
         with pytest.raises(procs.ServerFailed, match="older `healmesh up`.*healmesh down"):
-            stack.ensure_redis(settings)
+            stack.redis_program(settings)
         assert old.popen is not None and old.popen.poll() is None  # told about, not stopped
         assert redis.Redis(host=LOCAL, port=old.port).ping()
     finally:

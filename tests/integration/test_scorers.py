@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import threading
 import time
 
 import httpx
 import psutil
 import pytest
 
-from healmesh import procs
 from healmesh.data import generate
+from healmesh.ops import procs
 from healmesh.settings import Settings
 from healmesh.training import TrainConfig, train
+from healmesh.urls import local_url
 
 from .conftest import TOKEN, scorer_env, start_scorer
 from .load import hammer, run, transactions
@@ -150,7 +150,7 @@ def test_torch_scorer_uses_cuda_where_there_is_one(scorers):
 
 
 def test_registry_unreachable_serves_the_builtin_model(trained, session_dir):
-    dead = f"http://127.0.0.1:{procs.free_port()}"
+    dead = local_url(procs.free_port())
     server = start_scorer("xgboost", session_dir, scorer_env(dead), tag="-no-registry")
     try:
         state = httpx.get(server.url + "/admin/state", headers=AUTH).json()
@@ -174,18 +174,18 @@ def test_versions_switch_without_restart_or_failed_requests(settings: Settings, 
     server = start_scorer("xgboost", session_dir, scorer_env(mlflow_url, HEALMESH_XGB_REGISTERED_NAME="swap-xgboost"),
                           tag="-swap")
     try:
-        bodies = [{"rows": [tx]} for tx in transactions(3_000, seed=4)]
-        moved_at: list[float] = []
-
-        def promote_midway() -> None:
-            time.sleep(1.5)
-            moved_at.append(time.perf_counter())
-            registry.set_alias(swap, "swap-xgboost", "champion", "2")  # no reload call: the scorer follows
-
-        mover = threading.Thread(target=promote_midway)
-        mover.start()
-        replies = asyncio.run(hammer(server.url + "/predict", bodies, concurrency=32))
-        mover.join()
+        bodies = [{"rows": [tx]} for tx in transactions(6_000, seed=4)]
+        # by count, not by a timer: traffic before the promotion, then traffic until the scorer
+        # follows it (its registry poll) and on after (a fast machine once ran out of requests first)
+        replies = asyncio.run(hammer(server.url + "/predict", bodies[:500], concurrency=32))
+        assert {r.body[0]["model_version"] for r in replies} == {"1"}
+        registry.set_alias(swap, "swap-xgboost", "champion", "2")  # no reload call: the scorer follows
+        deadline, sent = time.monotonic() + 60, 500
+        while not any(r.body[0]["model_version"] == "2" for r in replies[500:] if r.status == 200):
+            assert time.monotonic() < deadline and sent < len(bodies), "the scorer did not follow the alias"
+            replies += asyncio.run(hammer(server.url + "/predict", bodies[sent:sent + 250], concurrency=32))
+            sent += 250
+        replies += asyncio.run(hammer(server.url + "/predict", bodies[sent:sent + 250], concurrency=32))
         assert {r.status for r in replies} == {200}
         versions = [r.body[0]["model_version"] for r in sorted(replies, key=lambda r: r.started)]
         assert versions[0] == "1" and versions[-1] == "2"

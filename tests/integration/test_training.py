@@ -90,7 +90,7 @@ def test_default_store_is_local_sqlite(tmp_path, monkeypatch):
 def test_up_trains_when_the_registry_answers_without_a_champion(trained, tmp_path, monkeypatch):
     """Built-in models in the BentoML store are not enough when a registry answers: the
     lifecycle judges against the registry's champion, so `healmesh up` must train first."""
-    from healmesh import stack
+    from healmesh.ops import stack
 
     s = Settings()
     assert stack.models_available(s)  # the session's MLflow server has champions

@@ -7,25 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
 
-from healmesh import credentials, logkeys, procs, redis_conn
-from healmesh.settings import Settings
+from healmesh.control import keys
+from healmesh.ops import procs
+from healmesh.ops.supervisor.client import Supervisor
 
-from .conftest import ROOT, TOKEN, scorer_urls, start_gateway
+from .conftest import TOKEN, UpMesh, scorer_urls, start_gateway
 from .load import run, transactions
 
 pytestmark = pytest.mark.integration
@@ -38,56 +33,12 @@ def anonymous(n: int, seed: int) -> list[dict[str, Any]]:
     return [{k: v for k, v in tx.items() if k != "card_id"} for tx in transactions(n, seed=seed)]
 
 
-@dataclass
-class Up:
-    """A mesh started by `healmesh up --no-airflow`, seen from outside as a user sees it."""
-
-    home: Path
-    env: dict[str, str]
-    ports: dict[str, int]
-
-    @property
-    def settings(self) -> Settings:
-        return Settings(home=self.home, admin_token=None, labeller_token=None,
-                        **{f"{k}_port": v for k, v in self.ports.items()})
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.ports[name]}"
-
-    @property
-    def admin(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {credentials.admin_token(self.settings)}"}
-
-    @property
-    def labeller(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {credentials.labeller_token(self.settings)}"}
-
-    def redis(self) -> redis.Redis:
-        return redis_conn.sync_client(self.settings)
-
-    def pid(self, name: str) -> int:
-        return int((self.home / "run" / f"{name}.pid").read_text())
-
-    def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "healmesh.cli", *args], cwd=ROOT, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+Up = UpMesh
 
 
 @pytest.fixture(scope="module")
-def up(trained, mlflow_url: str, tmp_path_factory) -> Iterator[Up]:
-    home = tmp_path_factory.mktemp("up") / "home"
-    ports = {name: procs.free_port() for name in ("gateway", "xgb", "torch", "fallback", "redis", "mlflow", "airflow")}
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("HEALMESH_") or k == "HEALMESH_DRIFT_REPORTS_DIR"}  # no tokens, no Redis URL
-    env.update({"HEALMESH_HOME": str(home), "MLFLOW_TRACKING_URI": mlflow_url,
-                **{f"HEALMESH_{k.upper()}_PORT": str(v) for k, v in ports.items()}})
-    mesh = Up(home, env, ports)
-    try:
-        done = mesh.cli("up", "--no-airflow")
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        yield mesh
-    finally:
-        mesh.cli("down", timeout=120)
+def up(up_mesh: UpMesh) -> UpMesh:
+    return up_mesh
 
 
 def rss_mb(pid: int) -> float:
@@ -104,6 +55,13 @@ def first_answer(port: int, head: bytes, body_prefix: bytes, timeout_s: float = 
             return s.recv(4096)
         except TimeoutError:
             return b""
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1) -> None:
@@ -134,7 +92,7 @@ def test_labels_need_the_labeller_token_and_are_stored_once(up):
     assert label(up, {"request_id": rid, "label": 1}, {"Authorization": "Bearer nope"}).status_code == 401
     batch = httpx.post(up.url("gateway") + "/api/v1/feedback/batch", json=[{"request_id": rid, "label": 1}])
     assert batch.status_code == 401
-    assert label(up, {"request_id": logkeys.new_request_id(time.time()), "label": 1}, up.labeller).status_code == 404
+    assert label(up, {"request_id": keys.new_request_id(time.time()), "label": 1}, up.labeller).status_code == 404
     first = label(up, {"request_id": rid, "label": 1}, up.labeller)
     assert first.status_code == 200 and first.json()["status"] == "stored"
     again = label(up, {"request_id": rid, "label": 1}, up.admin)  # the admin token may label too
@@ -144,7 +102,7 @@ def test_labels_need_the_labeller_token_and_are_stored_once(up):
     # the labeller token is no admin token
     assert httpx.get(up.url("gateway") + "/api/v1/admin/state", headers=up.labeller).status_code == 401
     r = up.redis()
-    assert r.hget(logkeys.bucket_key(PREFIX, rid), logkeys.label_field(rid)) == b"1"
+    assert r.hget(keys.bucket_key(PREFIX, rid), keys.label_field(rid)) == b"1"
     assert [f[b"label"] for _, f in r.xrange(f"{PREFIX}:feedback") if f[b"request_id"] == rid.encode()] == [b"1"]
 
 
@@ -157,7 +115,7 @@ def test_a_label_correction_is_an_audited_admin_action(up):
     fixed = httpx.put(where, json=body, headers=up.admin)
     assert fixed.status_code == 200 and fixed.json()["status"] == "corrected", fixed.text
     r = up.redis()
-    assert r.hget(logkeys.bucket_key(PREFIX, rid), logkeys.label_field(rid)) == b"0"
+    assert r.hget(keys.bucket_key(PREFIX, rid), keys.label_field(rid)) == b"0"
     entry = httpx.get(up.url("gateway") + "/api/v1/admin/audit?limit=5", headers=up.admin).json()[0]
     assert (entry["what"], entry["who"], entry["why"]) == ("label", "disputes-team", "chargeback reversed")
     assert entry["before"] == {"request_id": rid, "label": 1} and entry["after"] == {"request_id": rid, "label": 0}
@@ -172,7 +130,7 @@ def expired_count(up: Up) -> float:
 
 
 def test_a_label_after_the_retention_is_410_and_counted(up):
-    late = logkeys.new_request_id(time.time() - 2 * 3_600)  # the default retention is an hour
+    late = keys.new_request_id(time.time() - 2 * 3_600)  # the default retention is an hour
     before = expired_count(up)
     r = label(up, {"request_id": late, "label": 1}, up.labeller)
     assert r.status_code == 410 and "HEALMESH_LABEL_RETENTION_S" in r.json()["detail"], r.text
@@ -231,7 +189,8 @@ def test_bad_input_gets_a_clear_4xx_and_changes_nothing(up):
     url = up.url("gateway")
     good = anonymous(1, seed=13)[0]
     r = up.redis()
-    time.sleep(0.5)  # what earlier tests answered is written (the writer flushes every 20 ms)
+    wait_for(lambda: all(st["feature_log"]["buffered"] == 0 for st in up.gateway_states()), 30,
+             "what earlier tests answered to be written")
     logged = r.xlen(f"{PREFIX}:features")
     post = lambda body, ct="application/json": httpx.post(url + "/api/v1/predict", content=body,  # noqa: E731
                                                           headers={"content-type": ct})
@@ -241,7 +200,7 @@ def test_bad_input_gets_a_clear_4xx_and_changes_nothing(up):
     assert dup.status_code == 422 and dup.json()["detail"][0]["field"] == "amount"
     assert post(json.dumps(good).replace('"hour": ', '"hour": NaN, "x": ', 1)).status_code == 400
     for bad in (True, 1.0, "1", 7):  # a label is the integer 0 or 1, nothing that looks like one
-        resp = label(up, {"request_id": logkeys.new_request_id(time.time()), "label": bad}, up.labeller)
+        resp = label(up, {"request_id": keys.new_request_id(time.time()), "label": bad}, up.labeller)
         assert resp.status_code == 422 and resp.json()["detail"][0]["field"] == "label", (bad, resp.text)
     resp = label(up, {"request_id": "../../x", "label": 1}, up.labeller)
     assert resp.json()["detail"][0]["field"] == "request_id"
@@ -266,6 +225,8 @@ def test_bad_input_gets_a_clear_4xx_and_changes_nothing(up):
     shadow = admin("PUT", "/shadow", {"enabled": True, "target": "xgboost_canary", "why": "fuzz"})
     assert shadow.status_code == 409, shadow.text
     assert admin("GET", "/state").json()["control"]["version"] == version  # nothing refused was written
+    wait_for(lambda: all(st["feature_log"]["buffered"] == 0 for st in up.gateway_states()), 30,
+             "the feature-log buffers to drain")
     assert r.xlen(f"{PREFIX}:features") == logged  # and no refused prediction was logged
 
 
@@ -301,37 +262,45 @@ def longest_failure_run(seed: int, rate: float, draws: int) -> int:
     return longest
 
 
-def test_five_percent_failed_calls_do_not_open_the_breaker(up, tmp_path):
+def test_five_percent_failed_calls_do_not_open_the_breaker(scorers, redis_srv, session_dir, tmp_path):
     """The XGBoost scorer fails 5 % of its calls but never 5 in a row (its seeded fault sequence
     says so): its breaker must stay closed. wrk's 64 connections and the scorer's 50 ms make the
     gateway coalesce requests into calls of many rows; charged once per request such a call
-    carried, the breaker opened on the first failed call."""
+    carried, the breaker opened on the first failed call.
+
+    One gateway worker, on the session's scorers: breakers are per worker, and the seed's promise
+    (never 5 failed calls in a row) holds for the scorer's whole sequence of calls, not for the
+    share of it one of two workers sends (that share can hold 5 in a row)."""
     from bench.common import run_wrk
 
-    url, xgb, seed = up.url("gateway"), up.url("xgb"), 7
+    gw = start_gateway(session_dir, redis_srv.port, scorer_urls(scorers), tag="charge", HEALMESH_GATEWAY_WORKERS="1")
+    url, xgb, seed = gw.url, scorers["xgboost"].url, 7
     assert longest_failure_run(seed, 0.05, 50_000) < 5
 
     def gateway_state() -> dict[str, Any]:
-        return httpx.get(url + "/api/v1/admin/state", headers=up.admin).json()
+        return httpx.get(url + "/api/v1/admin/state", headers=AUTH).json()
 
     def requests_to_stable() -> float:
         return sum(float(line.rsplit(" ", 1)[1]) for line in httpx.get(url + "/metrics").text.splitlines()
                    if line.startswith("healmesh_gateway_upstream_calls_total")
                    and 'upstream="xgboost_stable"' in line)
 
-    opened_before = [t for t in gateway_state()["transitions"] if t["upstream"] == "xgboost_stable"
-                     and t["to"] == "open"]
-    sent_before = requests_to_stable()
-    assert httpx.put(xgb + "/admin/faults", headers=up.admin, json={
-        "error_rate": 0.05, "latency_ms": 50, "seed": seed, "slot": "stable"}).status_code == 200
-    try:  # 64 connections for 10 s, to 127.0.0.1 only
-        load = run_wrk(url + "/api/v1/predict", json.dumps(anonymous(1, seed=21)[0]), 64, 10, tmp_path)
-        faults = httpx.get(xgb + "/admin/state", headers=up.admin).json()["faults"]
+    try:
+        opened_before = [t for t in gateway_state()["transitions"] if t["upstream"] == "xgboost_stable"
+                         and t["to"] == "open"]
+        sent_before = requests_to_stable()
+        assert httpx.put(xgb + "/admin/faults", headers=AUTH, json={
+            "error_rate": 0.05, "latency_ms": 50, "seed": seed, "slot": "stable"}).status_code == 200
+        try:  # 64 connections for 10 s, to 127.0.0.1 only
+            load = run_wrk(url + "/api/v1/predict", json.dumps(anonymous(1, seed=21)[0]), 64, 10, tmp_path)
+            faults = httpx.get(xgb + "/admin/state", headers=AUTH).json()["faults"]
+        finally:
+            httpx.delete(xgb + "/admin/faults", headers=AUTH)
+        st = gateway_state()
+        opened = [t for t in st["transitions"] if t["upstream"] == "xgboost_stable" and t["to"] == "open"]
+        calls, carried = faults["delayed_requests"], requests_to_stable() - sent_before
     finally:
-        httpx.delete(xgb + "/admin/faults", headers=up.admin)
-    st = gateway_state()
-    opened = [t for t in st["transitions"] if t["upstream"] == "xgboost_stable" and t["to"] == "open"]
-    calls, carried = faults["delayed_requests"], requests_to_stable() - sent_before
+        gw.stop()
     print(f"\n{load['requests']} requests at 64 connections: {faults['injected_errors']} of {calls} scorer calls "
           f"failed ({carried / calls:.1f} requests a call); xgboost_stable breaker "
           f"{st['breakers']['xgboost_stable']['state']}, opened {len(opened) - len(opened_before)} times")
@@ -343,18 +312,24 @@ def test_five_percent_failed_calls_do_not_open_the_breaker(up, tmp_path):
 # --- 9. nothing accepted is lost at shutdown -------------------------------------------------------
 
 def test_records_accepted_while_redis_is_down_survive_a_gateway_shutdown(up):
-    """Redis stopped, 1,000 predictions, the gateway SIGTERMed, then `healmesh up` again (it
-    starts what is not running: Redis and the gateway): all 1,000 are in the stream, once each."""
+    """Redis stopped (through its supervisor, so that it stays down), 1,000 predictions, the
+    gateway SIGTERMed (the supervisor starts it again, Redis still down), then `healmesh up`
+    again (it starts what was stopped: Redis): all 1,000 are in the stream, once each."""
     url = up.url("gateway")
-    procs.terminate_tree(up.pid("redis"), timeout=10)  # SIGTERM: Redis writes its append-only file
+    supervisor = Supervisor(up.home / "run")
+    supervisor.stop("redis")  # SIGTERM: Redis writes its append-only file
     replies = run(url + "/api/v1/predict", anonymous(1_000, seed=31), concurrency=16)
     assert {r.status for r in replies} == {200}
     answered = {r.body["request_id"] for r in replies}
-    feature_log = httpx.get(url + "/api/v1/admin/state", headers=up.admin).json()["feature_log"]
-    assert feature_log["dropped"] == 0 and not feature_log["redis_up"]
-    procs.terminate_tree(up.pid("gateway"), timeout=30)  # SIGTERM: what is not in Redis goes to the spool
+    logs = [st["feature_log"] for st in up.gateway_states()]  # each worker spools its own
+    assert all(fl["dropped"] == 0 for fl in logs) and not all(fl["redis_up"] for fl in logs), logs
+    old_gateway = up.pid("gateway")
+    procs.terminate_tree(old_gateway, timeout=30)  # SIGTERM: what is not in Redis goes to the spool
     done = up.cli("up", "--no-airflow")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "starting redis again" in done.stdout, done.stdout
+    wait_for(lambda: up.pid("gateway") != old_gateway and _answers(up.url("gateway") + "/readyz"), timeout=120,
+             what="the supervisor to start the gateway again")
     r = up.redis()
 
     def logged() -> list[str]:
@@ -365,8 +340,10 @@ def test_records_accepted_while_redis_is_down_survive_a_gateway_shutdown(up):
     ids = logged()
     print(f"\nafter the restart: {len(set(ids))} of {len(answered)} records in the stream, {len(ids)} entries")
     assert len(ids) == 1_000 and set(ids) == answered  # all of them, each once
-    after = httpx.get(url + "/api/v1/admin/state", headers=up.admin).json()["feature_log"]
-    assert after["replayed"] == 1_000 and after["dropped"] == 0
+    # the new workers share out the spools of the old ones (each file claimed by one of them)
+    after = [st["feature_log"] for st in up.gateway_states()]
+    print(f"replayed by worker: {[fl['replayed'] for fl in after]}")
+    assert sum(fl["replayed"] for fl in after) == 1_000 and all(fl["dropped"] == 0 for fl in after), after
     rid = next(iter(answered))  # and each can still be labelled: its minute hash came back with it
     assert label(up, {"request_id": rid, "label": 0}, up.labeller).json()["status"] == "stored"
 
@@ -375,9 +352,10 @@ def test_records_accepted_while_redis_is_down_survive_a_gateway_shutdown(up):
 
 def test_concurrent_control_writers_lose_no_update(gateway, scorers, redis_srv, session_dir, settings):
     """1,000 changes (weights, shadow, rollout stages) from 32 concurrent clients through two
-    gateway processes. The audit trail must be one unbroken history: every accepted change is in
-    it once, versions rise by one, and each change starts from the state the previous one left
-    (a stage change computed on stale weights would undo an operator's weight change)."""
+    gateway servers (each of the default workers: four processes on two CPUs). The audit trail
+    must be one unbroken history: every accepted change is in it once, versions rise by one, and
+    each change starts from the state the previous one left (a stage change computed on stale
+    weights would undo an operator's weight change)."""
     from healmesh import registry
 
     twin = start_gateway(session_dir, redis_srv.port, scorer_urls(scorers), tag="twin", HEALMESH_KEY_PREFIX="hm-main")

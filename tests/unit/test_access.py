@@ -166,6 +166,7 @@ def test_no_gateway_route_is_public_unless_the_threat_model_says_so():
         path = "/api/v1" + route.path.replace("{request_id}", "0" * 32)
         seen.add(path)
         expected = (Access.PUBLIC if path in public else Access.LABELLER if path.startswith("/api/v1/feedback")
-                    else Access.ADMIN)
+                    else Access.ALERTS if path == "/api/v1/alerts" else Access.ADMIN)
         assert policy.rule_for(path).access is expected, path
     assert "/api/v1/admin/labels/" + "0" * 32 in seen and "/api/v1/feedback/batch" in seen
+    assert "/api/v1/alerts" in seen

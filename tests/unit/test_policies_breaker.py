@@ -177,3 +177,20 @@ def test_transition_table_is_enforced():
     b, _, _ = make()
     with pytest.raises(RuntimeError, match="illegal breaker transition closed -> half_open"):
         b._move(State.HALF_OPEN, "test")
+
+
+def test_a_half_open_breaker_wants_a_probe_while_a_slot_is_free():
+    b, clock, _ = make(consecutive_failures=1, open_wait_s=5, half_open_probes=1, probes_to_close=2)
+    assert not b.wants_probe()  # closed: routing as usual
+    fail(b)
+    assert not b.wants_probe()  # open: nothing may go there
+    clock.advance(5)
+    assert b.wants_probe()
+    permit = b.acquire()
+    assert permit is not None and not b.wants_probe()  # its one slot is taken
+    permit.release()
+    b.record_success()
+    assert b.wants_probe()  # one more success to close
+    b.acquire().release()
+    b.record_success()
+    assert b.state is State.CLOSED and not b.wants_probe()

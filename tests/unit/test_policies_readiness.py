@@ -1,4 +1,5 @@
-"""Gateway readiness: the model variants answer (pure, clock passed in)."""
+"""Tests healmesh.policies.readiness: gateway readiness (the model variants answer) and workers'
+liveness (pure, clock passed in)."""
 
 from healmesh.policies.readiness import decide
 
@@ -29,3 +30,22 @@ def test_once_ready_one_answering_variant_keeps_it_ready_none_does_not():
     gone = verdict({"xgboost_stable": "refused", "pytorch": "timeout"}, was_ready=True, now=1_000.0)
     assert not gone.ready
     assert gone.reason == "no model variant answers (pytorch: timeout; xgboost_stable: refused)"
+
+
+# --- liveness: a server short of its workers too long ------------------------------------------------
+
+def test_a_server_short_of_workers_for_the_grace_period_is_not_alive():
+    from healmesh.policies.readiness import workers_alive
+
+    verdict, since = workers_alive(2, 2, None, now=100.0, grace_s=60)
+    assert verdict.ready and since is None
+    verdict, since = workers_alive(1, 2, None, now=100.0, grace_s=60)  # one died: the clock starts
+    assert verdict.ready and since == 100.0 and "1 of 2" in verdict.reason
+    verdict, since = workers_alive(1, 2, since, now=159.0, grace_s=60)
+    assert verdict.ready and since == 100.0
+    verdict, since = workers_alive(1, 2, since, now=160.0, grace_s=60)  # nobody replaced it
+    assert not verdict.ready and "not replaced" in verdict.reason and since == 100.0
+    verdict, since = workers_alive(2, 2, since, now=161.0, grace_s=60)  # replaced: the clock stops
+    assert verdict.ready and since is None
+    verdict, since = workers_alive(None, 2, 100.0, now=1_000.0, grace_s=60)  # unknown never kills
+    assert verdict.ready and since is None

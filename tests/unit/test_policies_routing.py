@@ -72,3 +72,13 @@ def test_retry_budget_caps_retries_at_the_ratio():
     budget.record_request()
     floor = RetryBudget(RetryBudgetConfig(ratio=0.2, window_s=10, min_per_window=3), clock=clock)
     assert sum(floor.try_spend() for _ in range(10)) == 3
+
+
+def test_a_variant_waiting_for_a_probe_comes_before_the_routing_point():
+    from healmesh.policies.routing import Weights, probe_first
+
+    configured = Weights.parse({"xgboost_stable": 0.8, "pytorch": 0.2})
+    assert probe_first(configured, []) is None
+    assert probe_first(configured, ["xgboost_stable"]) == "xgboost_stable"
+    assert probe_first(configured, ["pytorch", "xgboost_stable"]) == "xgboost_stable"  # the order of VARIANTS
+    assert probe_first(configured, ["xgboost_canary"]) is None  # no weight: never probed by traffic

@@ -1,0 +1,274 @@
+"""The `healmesh` command line. Progress bars go to stderr; data goes to stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+
+def _parse_shift(items: Sequence[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, amount = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"--shift takes FEATURE=AMOUNT, got {item!r}")
+        out[name] = float(amount)
+    return out
+
+
+def _drift(args: argparse.Namespace):  # -> DriftSpec
+    from healmesh.data import DriftSpec
+
+    return DriftSpec(covariate_shift=_parse_shift(args.shift), concept_drift=args.concept_drift)
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fraud-rate", type=float, default=0.02)
+    p.add_argument("--shift", action="append", default=[], metavar="FEATURE=AMOUNT",
+                   help="covariate shift (repeatable): numeric skewed features are multiplied by exp(AMOUNT), "
+                        "others moved by AMOUNT standard deviations; categorical: share of rows redrawn")
+    p.add_argument("--concept-drift", type=float, default=0.0, help="share of fraud from the new patterns (0-1)")
+
+
+def _json_value(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from healmesh import schema
+    from healmesh.data import generate
+
+    frame = generate(args.n, seed=args.seed, fraud_rate=args.fraud_rate, drift=_drift(args))
+    columns = list(schema.FEATURE_NAMES) + [schema.ENTITY_KEY] + ([schema.LABEL] if args.with_label else [])
+    out = sys.stdout
+    for rec in tqdm(frame[columns].to_dict("records"), desc="sample", unit="tx", file=sys.stderr,
+                    disable=args.n < 10_000):
+        out.write(json.dumps({k: _json_value(v) for k, v in rec.items()}) + "\n")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from healmesh.data import generate
+
+    frame = generate(args.n, seed=args.seed, fraud_rate=args.fraud_rate, drift=_drift(args))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".csv":
+        frame.to_csv(out, index=False)
+    else:
+        frame.to_parquet(out, index=False)
+    print(f"wrote {len(frame)} transactions ({frame['is_fraud'].mean():.2%} fraud) to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from healmesh import schema
+
+    if args.json:
+        print(json.dumps(schema.describe(), indent=2))
+        return 0
+    for f in schema.describe():
+        kind = f["type"]
+        domain = ", ".join(f["values"]) if kind == "categorical" else f"{f['min']:g} to {f['max']:g} {f['unit']}"
+        print(f"{f['name']:<28} {kind:<12} {domain}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from healmesh.data import generate, load_transactions
+    from healmesh.settings import get_settings
+    from healmesh.training import TrainConfig, format_report, train
+
+    steps = ["data", "split", "fit xgboost", "fit mlp", "evaluate", "log xgboost to mlflow",
+             "save xgboost to bentoml", "log mlp to mlflow", "save mlp to bentoml"]
+    with tqdm(total=len(steps), desc="train", unit="step", file=sys.stderr) as bar:
+        def progress(step: str) -> None:
+            bar.set_postfix_str(step)
+            bar.update(1)
+
+        progress("data")
+        if args.data:
+            frame = load_transactions(args.data, require_label=True)
+        else:
+            frame = generate(args.n, seed=args.seed, fraud_rate=args.fraud_rate, drift=_drift(args))
+        config = TrainConfig(seed=args.seed, register=not args.no_register, promote=args.promote,
+                             tags={"healmesh.trigger": "cli"})
+        report = train(frame, get_settings(), config, progress=progress)
+        bar.update(bar.total - bar.n)
+    print(format_report(report.to_dict()))
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from healmesh.ops import stack
+
+    return stack.up(train_rows=args.n, airflow=not args.no_airflow)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from healmesh.ops import stack
+
+    return stack.down()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from healmesh.ops import stack
+
+    return stack.status(as_json=args.json)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from healmesh.lifecycle.airflow_tasks import mesh_client, redis_client
+    from healmesh.lifecycle.rollout import RolloutFailed, manual_rollback
+    from healmesh.settings import get_settings
+
+    try:
+        out = manual_rollback(get_settings(), mesh_client(), redis_client(), args.to)
+    except RolloutFailed as exc:
+        print(f"healmesh rollback: {exc}", file=sys.stderr)
+        return 2
+    print(f"champion: v{out['previous']} -> v{out['champion']}")
+    return 0
+
+
+def cmd_rollout_abort(args: argparse.Namespace) -> int:
+    import getpass
+
+    from healmesh.credentials import admin_token
+    from healmesh.lifecycle.airflow_tasks import redis_client
+    from healmesh.lifecycle.mesh import MeshClient
+    from healmesh.lifecycle.rollout import RolloutFailed, abort
+    from healmesh.settings import get_settings
+
+    settings, who = get_settings(), f"cli:{getpass.getuser()}"
+    try:
+        out = abort(settings, MeshClient(settings, admin_token(settings), actor=who), redis_client(), args.why, who)
+    except RolloutFailed as exc:
+        print(f"healmesh rollout abort: {exc}", file=sys.stderr)
+        return 2
+    print(f"rollout of v{out['rolled_back']} aborted and rolled back; champion v{out['champion']}")
+    return 0
+
+
+def cmd_demo_all(args: argparse.Namespace) -> int:
+    from healmesh.ops import narrated_demo
+
+    return narrated_demo.run(out=Path(args.out) if args.out else None, steady_s=args.steady)
+
+
+def cmd_demo_drift(args: argparse.Namespace) -> int:
+    from healmesh.ops import demo
+
+    return demo.run(kind=args.kind, n=args.n, timeout_s=args.timeout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="healmesh", description="A self-healing ML serving mesh for fraud scoring.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample", help="print N valid transactions as JSON lines (ready to POST)")
+    p.add_argument("--n", type=int, default=10)
+    p.add_argument("--with-label", action="store_true", help="include the generator's is_fraud label")
+    _add_data_options(p)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("generate", help="write a labelled data set (CSV or Parquet)")
+    p.add_argument("--n", type=int, default=100_000)
+    p.add_argument("--out", required=True)
+    _add_data_options(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("schema", help="show the feature schema")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("train", help="train XGBoost and the MLP, log and register them")
+    p.add_argument("--n", type=int, default=60_000, help="generated rows (ignored with --data)")
+    p.add_argument("--data", help="your own CSV or Parquet with the schema's columns and is_fraud")
+    p.add_argument("--no-register", action="store_true", help="skip MLflow (still saves to the BentoML store)")
+    p.add_argument("--promote", action="store_true", help="move `champion` to the new versions")
+    p.add_argument("--report", help="also write the report as JSON here")
+    _add_data_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("up", help="train if needed and start the scorers in the background")
+    p.add_argument("--n", type=int, default=60_000, help="training rows when there is no model yet")
+    p.add_argument("--no-airflow", action="store_true", help="skip Airflow (the serving mesh only)")
+    p.set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop what `up` started").set_defaults(func=cmd_down)
+    p = sub.add_parser("rollback", help="move `champion` back to the previous version")
+    p.add_argument("--to", help="a version number (default: the previous champion)")
+    p.set_defaults(func=cmd_rollback)
+    rollout = sub.add_parser("rollout", help="the running canary rollout").add_subparsers(dest="rollout", required=True)
+    p = rollout.add_parser("abort", help="roll the running rollout back now and free the rollout lease")
+    p.add_argument("--why", required=True,
+                   help="the reason, recorded in the event, the audit trail and the rollout note")
+    p.set_defaults(func=cmd_rollout_abort)
+    demo_parser = sub.add_parser("demo", help="the narrated demo (or `demo drift`) on a running `make up`")
+    demo_parser.add_argument("--out", help="results folder (default results/demo-<UTC time>)")
+    demo_parser.add_argument("--steady", type=float, default=20.0, help="seconds of steady traffic first")
+    demo_parser.set_defaults(func=cmd_demo_all)
+    demo = demo_parser.add_subparsers(dest="demo")
+    p = demo.add_parser("drift", help="drift -> report -> retrain -> register -> canary -> promote, via Airflow")
+    p.add_argument("--kind", choices=["covariate", "concept"], default="covariate")
+    p.add_argument("--n", type=int, default=20_000, help="drifted transactions before the check")
+    p.add_argument("--timeout", type=float, default=1_200.0, help="seconds to wait for the whole loop")
+    p.set_defaults(func=cmd_demo_drift)
+    p = sub.add_parser("status", help="what runs and what it serves")
+    p.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
+    p.set_defaults(func=cmd_status)
+    return parser
+
+
+def _unreachable(exc: BaseException) -> str | None:
+    """One line for a part of the mesh that did not answer (a command run with the mesh down),
+    naming it and what starts it; None for any other error."""
+    import httpx
+    import redis
+
+    from healmesh import redis_conn
+    from healmesh.settings import get_settings
+
+    settings = get_settings()
+    start = "is the mesh up? start it with `make up` (or `healmesh up`); `healmesh status` shows what runs"
+    if isinstance(exc, httpx.TransportError):
+        try:
+            url = exc.request.url
+        except RuntimeError:  # no request attached
+            return f"a part of the mesh did not answer ({type(exc).__name__}): {start}"
+        parts = {settings.gateway_port: "the gateway", settings.xgb_port: "the XGBoost scorer",
+                 settings.torch_port: "the PyTorch scorer", settings.fallback_port: "the fallback scorer",
+                 settings.airflow_port: "Airflow's API server", settings.mlflow_port: "MLflow"}
+        part = parts.get(url.port or 0, "a server")
+        return f"{part} at {url.scheme}://{url.host}:{url.port} did not answer ({type(exc).__name__}): {start}"
+    if isinstance(exc, redis.ConnectionError):
+        return f"Redis at {redis_conn.public_url(settings)} did not answer: {start}"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"healmesh {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        line = _unreachable(exc)
+        if line is None:
+            raise
+        print(f"healmesh {args.command}: {line}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""``GET /ui/reports/{name}`` serves drift reports from the reports directory and nothing else.
+
+Through the route (as a browser reaches it): a name the guard refuses is 404 even where such a
+file exists in the directory, and a report name that is a link out of the directory is 404."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from healmesh.gateway.status_page import status_app
+from healmesh.settings import get_settings
+
+REPORT = "20260101T000000Z_v1.html"
+
+
+@pytest.fixture
+def reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TestClient, Path]]:
+    directory = tmp_path / "reports"
+    directory.mkdir()
+    (directory / REPORT).write_text("<html>the report</html>")
+    (directory / "index.html").write_text("<html>the index</html>")
+    (directory / "notes.txt").write_text("not a report")
+    (directory / ".env").write_text("SECRET=1")
+    (tmp_path / "secret.html").write_text("outside the reports directory")
+    monkeypatch.setenv("HEALMESH_DRIFT_REPORTS_DIR", str(directory))
+    get_settings.cache_clear()
+    with TestClient(status_app()) as client:
+        yield client, directory
+    get_settings.cache_clear()
+
+
+def test_a_report_and_the_index_are_served(reports):
+    client, _ = reports
+    assert client.get(f"/reports/{REPORT}").text == "<html>the report</html>"
+    assert client.get("/reports/index.html").text == "<html>the index</html>"
+
+
+@pytest.mark.parametrize("name", ["notes.txt", ".env", "%2Eenv", "%2E%2E"])
+def test_a_file_that_is_not_a_report_is_not_served_even_when_it_exists(reports, name):
+    client, _ = reports
+    r = client.get(f"/reports/{name}")
+    assert r.status_code == 404 and r.json() == {"detail": "no such report"}  # the guard's answer
+
+
+@pytest.mark.parametrize("path", ["/reports/..%2Fsecret.html", "/reports/%2E%2E%2Fsecret.html",
+                                  "/reports/..%5Csecret.html"])
+def test_an_encoded_path_out_of_the_directory_is_refused(reports, path):
+    client, _ = reports
+    r = client.get(path)
+    assert r.status_code == 404 and "outside" not in r.text
+
+
+def test_a_report_name_linking_out_of_the_directory_is_refused(reports, tmp_path):
+    client, directory = reports
+    (directory / "20260102T000000Z_v2.html").symlink_to(tmp_path / "secret.html")
+    r = client.get("/reports/20260102T000000Z_v2.html")
+    assert r.status_code == 404 and "outside" not in r.text
