@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import stat
@@ -25,10 +26,48 @@ from healmesh.settings import get_settings
 from healmesh.urls import LOCALHOST, local_address, local_url
 
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+
+
+def spare_ports(ephemeral: tuple[int, int] | None = None) -> range:
+    """Ports the kernel never picks by itself: those outside its ephemeral range (``ephemeral``,
+    default read from net.ipv4.ip_local_port_range), from 10000 up. Empty when none is left."""
+    if ephemeral is None:
+        try:
+            low, high = (int(x) for x in EPHEMERAL_RANGE_FILE.read_text().split())
+        except (OSError, ValueError):
+            low, high = 32768, 60999  # Linux's default
+    else:
+        low, high = ephemeral
+    if low - 10_000 >= 1_000:
+        return range(10_000, low)
+    if 65_535 - high >= 1_000:
+        return range(high + 1, 65_536)
+    return range(0)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOCALHOST, 0))
-        return int(s.getsockname()[1])
+    """A port free now on 127.0.0.1, for a server started later. Not from the kernel's ephemeral
+    range: a port picked there and released meanwhile can go to any process's bind(0) or outgoing
+    connection (BentoML's arbiters pick theirs that way; a landing CI run saw Alertmanager fail to
+    bind the port a test had picked for it, "address already in use"), nor one this process handed
+    out before (two servers started later would get the same)."""
+    spare = spare_ports()
+    for _ in range(500):
+        port = random.choice(spare) if spare else 0
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((LOCALHOST, port))
+            except OSError:
+                continue
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise ServerFailed("no free port on 127.0.0.1")
 
 
 def port_open(port: int, host: str = LOCALHOST) -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections import defaultdict
 from typing import Any
 
@@ -17,6 +16,7 @@ from aiohttp import web
 from healmesh import schema
 from healmesh.gateway.core import GatewayCore
 from healmesh.gateway.upstreams import CallResult, Outcome, ScorerClient, Upstream
+from healmesh.ops import procs
 from healmesh.policies import routing
 from healmesh.settings import Settings
 
@@ -64,10 +64,7 @@ class Scorer:
 
 def refused_url() -> str:
     """An address where nothing listens (connection refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{procs.free_port()}"
 
 
 FAILURES = [("error", Outcome.ERROR), ("hang", Outcome.TIMEOUT), ("refused", Outcome.UNREACHABLE)]

@@ -120,3 +120,19 @@ def test_redis_gets_its_password_in_a_0600_config_file_never_in_its_arguments(tm
     conf = Path(server.cmd[-1])
     assert conf.parent == tmp_path / "state" and _mode(conf) == 0o600 and _mode(conf.parent) == 0o700
     assert 'requirepass "s3cret-value-42"' in conf.read_text().splitlines()
+
+
+def test_free_ports_are_outside_the_kernels_ephemeral_range_and_never_handed_out_twice():
+    """A port the kernel may give any bind(0) or outgoing connection meanwhile is no port to hand
+    out for a server started later (a landing CI run: "address already in use" for Alertmanager)."""
+    low, high = (int(x) for x in procs.EPHEMERAL_RANGE_FILE.read_text().split())
+    ports = [procs.free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    assert not [p for p in ports if low <= p <= high]
+    assert all(p >= 10_000 for p in ports)
+
+
+def test_spare_ports_avoid_any_ephemeral_range():
+    assert procs.spare_ports((32768, 60999)) == range(10_000, 32768)
+    assert procs.spare_ports((1024, 50000)) == range(50001, 65536)  # nothing spare below: above
+    assert procs.spare_ports((1024, 65000)) == range(0)  # none at all: free_port asks the kernel
