@@ -66,7 +66,7 @@ class Gateway:
 
     async def __is_ready__(self) -> bool:
         """Ready when the model variants answer (healmesh.policies.readiness); else 503 with why."""
-        verdict = self.core.readiness()
+        verdict = await self.core.check_ready()
         if not verdict.ready:
             from starlette.exceptions import HTTPException
 

@@ -54,6 +54,10 @@ PROCESS_ROUTES: dict[str, tuple[tuple[str, str], ...]] = {
 }
 WARM_UP_TIMEOUT_S = 10.0  # a readiness check's prediction: a process that just started may be slow
 FIRST_PROBE_S = 3.0  # how long a starting worker waits for its first probe round before it serves
+# how long a worker not yet ready lets a `/readyz` wait for a probe round of its own. The workers
+# probe on their own clocks: in the built mesh one worker said ready while its sibling, a probe
+# round behind, still answered 503 (a landing CI run saw 200 then 503 on the next request)
+READY_CHECK_S = 3.0
 LOG_STATES = ("written", "dropped", "spilled", "replayed")  # feature-log record fates exported as counters
 
 
@@ -110,6 +114,7 @@ class GatewayCore:
         self._started = time.monotonic() if started_at is None else started_at
         self._was_ready = False
         self._short_since: float | None = None  # when the server ran short of workers (liveness)
+        self._ready_probe: asyncio.Future[None] | None = None  # a probe round `/readyz` started
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -127,6 +132,8 @@ class GatewayCore:
                        loop.create_task(self._probe_loop(), name="readyz-probes")]
 
     async def stop(self) -> None:
+        if self._ready_probe is not None:
+            self._ready_probe.cancel()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -228,6 +235,22 @@ class GatewayCore:
             running_workers, self.s.gateway_workers, self._short_since, now=time.monotonic(),
             grace_s=self.s.gateway_worker_missing_s)
         return verdict
+
+    async def check_ready(self) -> readiness.Verdict:
+        """``/readyz``. A worker that has not been ready yet does not wait for its probe loop: it
+        runs a probe round now (one at a time, shared by concurrent asks, bounded by
+        READY_CHECK_S; one that overruns goes on and the next ask sees it), so a worker answers
+        as its siblings do once the variants answer. Once ready, the probe loop's view is the answer."""
+        verdict = self.readiness()
+        if verdict.ready or self._was_ready:
+            return verdict
+        if self._ready_probe is None or self._ready_probe.done():
+            self._ready_probe = asyncio.ensure_future(self.probe_once())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready_probe), READY_CHECK_S)
+        except Exception as exc:  # overran (it goes on) or failed: answer what is known now
+            log.debug("readiness probe round: %r", exc)
+        return self.readiness()
 
     def readiness(self) -> readiness.Verdict:
         verdict = readiness.decide(self.state.weights.as_dict(), self.answering, started_at=self._started,

@@ -24,8 +24,19 @@ import redis
 
 from healmesh.ops import procs
 from healmesh.settings import Settings
+from healmesh.urls import local_redis_url, local_url
 
-from .conftest import TOKEN, each_worker, scorer_urls, start_gateway, worker_pids, worker_states
+from .conftest import (
+    GATEWAY_FAST,
+    ROOT,
+    TOKEN,
+    each_worker,
+    scorer_env,
+    scorer_urls,
+    start_gateway,
+    worker_pids,
+    worker_states,
+)
 from .load import transactions
 
 pytestmark = pytest.mark.integration
@@ -464,4 +475,42 @@ def test_in_a_bentoml_container_a_dead_worker_stays_dead_and_livez_says_so(score
         print(f"\n/livez 503 {took:.1f} s after the kill ({dead.text!r}); "
               f"12 s later still one worker")
     finally:
+        gw.stop()
+
+
+def test_a_worker_not_yet_ready_asks_its_scorers_when_readyz_is_asked(trained, mlflow_url, scorers, redis_srv,
+                                                                       session_dir):
+    """Each worker decides readiness from its own probes, on its own clock. A worker not yet ready
+    answers `/readyz` from a probe round of its own, not from its loop's last one (a landing CI run
+    saw one worker of the built mesh say 200 and the next request, to its sibling, 503). Here the
+    probe loop waits an hour and the xgboost scorer starts after the gateway: the old gateway stayed
+    503 until that next round; now each worker says 200 once the scorer answers."""
+    late_port = procs.free_port()
+    env = {"HEALMESH_REDIS_URL": local_redis_url(redis_srv.port), "HEALMESH_ADMIN_TOKEN": TOKEN,
+           "HEALMESH_KEY_PREFIX": "hm-late", **GATEWAY_FAST, **scorer_urls(scorers),
+           "HEALMESH_XGB_URL": local_url(late_port), "HEALMESH_GATEWAY_WORKERS": "2",
+           "HEALMESH_PROBE_INTERVAL_S": "3600", "HEALMESH_READY_GRACE_S": "3600"}
+    gw = procs.bentoml_server("gateway-late", "gateway.service:Gateway", procs.free_port(), session_dir / "logs",
+                              env=env, cwd=ROOT)
+    gw.start()
+    late = None
+    try:
+        wait_for(lambda: procs.answers(gw.port, "/livez"), 120, "the gateway to serve")
+        assert len(worker_pids(gw.popen.pid)) == 2
+        early = httpx.get(gw.url + "/readyz", timeout=10)
+        assert early.status_code == 503 and "xgboost_stable" in early.text, early.text
+        late = procs.bentoml_server("xgboost-late", procs.SCORERS["xgboost"], late_port, session_dir / "logs",
+                                    env=scorer_env(mlflow_url), cwd=ROOT).launch()
+
+        def each_ready() -> bool:
+            try:
+                return {r.status_code for r in each_worker(gw.url, "/readyz", 2, timeout=10).values()} == {200}
+            except (httpx.HTTPError, AssertionError):
+                return False
+
+        waited = wait_for(each_ready, 60, "both workers to say ready", interval=0.5)
+        print(f"\nboth workers ready {waited:.1f} s after the late scorer was")
+    finally:
+        if late is not None:
+            late.stop()
         gw.stop()
