@@ -25,7 +25,6 @@ from healmesh.errors import HealmeshError
 from healmesh.settings import get_settings
 from healmesh.urls import LOCALHOST, local_address, local_url
 
-
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _handed_out: set[int] = set()
 
