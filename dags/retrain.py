@@ -5,8 +5,10 @@ Builds a training set from recent logged traffic joined with its feedback labels
 share of the champion's reference data; trains an XGBoost candidate; scores candidate and
 champion on the same recent labelled holdout. Logs params, metrics, the model (signature,
 input example), the drift report, a new reference sample and lineage tags (trigger, drift
-check, data window) to MLflow. Only a candidate that passes the gate (ROC AUC not worse than
-the champion's, within `HEALMESH_RETRAIN__GATE_TOLERANCE`) is registered.
+check, data window) to MLflow, with the gate's interval. Only a candidate that passes the gate
+(DeLong's paired test: not worse than the champion by more than `HEALMESH_RETRAIN__GATE__MARGIN`,
+above `HEALMESH_RETRAIN__GATE__FLOOR`, on enough positives) is registered; "insufficient evidence"
+keeps the champion.
 
 A registered candidate becomes the `challenger` only while no canary rollout is running (the
 rollout lease is free): **install_challenger** waits for it, checking every

@@ -25,6 +25,7 @@ from healmesh.policies.breaker import BreakerConfig
 from healmesh.policies.canary import CanaryConfig
 from healmesh.policies.chain import ChainConfig
 from healmesh.policies.drift import DriftThresholds
+from healmesh.policies.gate import GateConfig
 from healmesh.policies.retry_budget import RetryBudgetConfig
 from healmesh.urls import local_url
 
@@ -82,8 +83,9 @@ class RetrainConfig(BaseModel):
     min_positives: int = Field(default=20, ge=2)
     reference_share: float = Field(default=0.3, ge=0, le=5)
     holdout_share: float = Field(default=0.3, gt=0, lt=1)
-    # the candidate may trail the champion by at most this much ROC AUC on the shared holdout
-    gate_tolerance: float = Field(default=0.005, ge=0)
+    # candidate and champion on the same recent holdout, DeLong's paired test (policies.gate):
+    # HEALMESH_RETRAIN__GATE__MARGIN, __FLOOR, __ALPHA, __MIN_POSITIVES, __MIN_NEGATIVES
+    gate: GateConfig = GateConfig()
 
 
 class RolloutConfig(BaseModel):
@@ -308,7 +310,9 @@ def _moved_env_names() -> dict[str, str]:
               "HEALMESH_DEADLINE_MS": "HEALMESH_CHAIN__DEADLINE_S (seconds)",
               "HEALMESH_ATTEMPT_TIMEOUT_MS": "HEALMESH_CHAIN__ATTEMPT_TIMEOUT_S (seconds)",
               "HEALMESH_FALLBACK_RESERVE_MS": "HEALMESH_CHAIN__FALLBACK_RESERVE_S (seconds)",
-              "HEALMESH_GATE_TOLERANCE": "HEALMESH_RETRAIN__GATE_TOLERANCE",
+              "HEALMESH_GATE_TOLERANCE": "HEALMESH_RETRAIN__GATE__MARGIN",
+              "HEALMESH_RETRAIN__GATE_TOLERANCE": "HEALMESH_RETRAIN__GATE__MARGIN (a one-sided non-inferiority "
+                                                  "margin now, with HEALMESH_RETRAIN__GATE__FLOOR)",
               **{f"HEALMESH_FEATURE_{name}": f"HEALMESH_FEATURE_LOG__{name}"
                  for name in ("STREAM_MAXLEN", "BUFFER_MAX", "FLUSH_BATCH", "FLUSH_INTERVAL_MS")}}
     return {old: new for old, new in moved.items() if old not in flat}

@@ -1,9 +1,11 @@
 """Retraining: a candidate XGBoost from recent labelled traffic (plus a share of the champion's
 reference data), judged against the champion on the same recent holdout.
 
-Passing the gate (ROC AUC not more than ``retrain.gate_tolerance`` under the champion's) registers the
-version; a rejected candidate stays an MLflow run with the reason in its tags. Everything is
-logged with lineage: trigger, drift check, data window.
+Passing the gate (``policies.gate``: DeLong's paired test of candidate minus champion AUC on that
+holdout, no worse than ``retrain.gate.margin`` at level ``alpha``, above ``retrain.gate.floor``, with
+enough positives) registers the version. A rejected candidate, or one the holdout cannot tell from
+the champion ("insufficient evidence": the champion stays), remains an MLflow run with the outcome,
+the interval and the reason. Everything is logged with lineage: trigger, drift check, data window.
 
 A registered candidate becomes the ``challenger`` through ``offer_challenger`` only while no
 rollout holds the rollout lease: moving the alias under a running rollout would swap the
@@ -30,7 +32,7 @@ from healmesh.evaluation import classification_metrics
 from healmesh.lifecycle.report_ids import check_report_id, report_files
 from healmesh.lifecycle.window import attach_labels, labelled, read_window
 from healmesh.models.bundle import find_bundle, load_bundle, save_bundle
-from healmesh.policies.gate import gate
+from healmesh.policies.gate import GateOutcome, gate_with_confidence
 from healmesh.policies.rollout import ChallengerStep, Lease, challenger_step
 from healmesh.settings import Settings
 from healmesh.training import fit_xgboost, log_model_run, reference_sample, register
@@ -61,7 +63,9 @@ def build_training_set(recent: pd.DataFrame, reference: pd.DataFrame, settings: 
             f"{settings.retrain.min_labels} labelled and {settings.retrain.min_positives} fraud. "
             "Send ground truth to POST /api/v1/feedback, or lower HEALMESH_RETRAIN__MIN_LABELS.")
     cols = list(schema.FEATURE_NAMES) + [schema.LABEL]
-    recent = recent[cols].reset_index(drop=True)
+    # in a fixed order, not the feature log's: concurrent senders interleave it differently each run,
+    # and the same labelled window must give the same split (a gate verdict reproducible from its window)
+    recent = recent[cols].sort_values(cols, kind="mergesort").reset_index(drop=True)
     rest, holdout = train_test_split(recent, test_size=settings.retrain.holdout_share,
                                      stratify=recent[schema.LABEL], random_state=seed)
     take = min(len(reference), int(round(settings.retrain.reference_share * len(rest))))
@@ -89,10 +93,12 @@ def run_retrain(settings: Settings, redis: Any, *, trigger: str, drift_check_id:
     model, meta = fit_xgboost(data.train, data.val, seed)
     champion_bundle = load_bundle(find_bundle(registry.download_model(settings, name, champion.version)))
     y = data.holdout[schema.LABEL].to_numpy()
-    cand_metrics = classification_metrics(y, model.predict_proba(features.encode_frame(data.holdout)), meta.threshold)
-    champ_metrics = classification_metrics(y, champion_bundle.predict_frame(data.holdout),
-                                           champion_bundle.meta.threshold)
-    verdict = gate(cand_metrics["roc_auc"], champ_metrics["roc_auc"], settings.retrain.gate_tolerance)
+    cand_scores = model.predict_proba(features.encode_frame(data.holdout))
+    champ_scores = champion_bundle.predict_frame(data.holdout)
+    cand_metrics = classification_metrics(y, cand_scores, meta.threshold)
+    champ_metrics = classification_metrics(y, champ_scores, champion_bundle.meta.threshold)
+    verdict = gate_with_confidence(y, cand_scores, champ_scores, settings.retrain.gate)
+    recorded = verdict.as_mlflow()
     meta = replace(meta, metrics=cand_metrics)
     train_seconds = round(time.perf_counter() - t0, 3)
 
@@ -100,7 +106,7 @@ def run_retrain(settings: Settings, redis: Any, *, trigger: str, drift_check_id:
             "healmesh.window_first_id": window.first_id or "", "healmesh.window_last_id": window.last_id or "",
             "healmesh.window_first_ts": f"{window.first_ts or 0:.3f}",
             "healmesh.window_last_ts": f"{window.last_ts or 0:.3f}",
-            "healmesh.champion_version": champion.version, "healmesh.gate": "passed" if verdict.passed else "rejected",
+            "healmesh.champion_version": champion.version, "healmesh.gate": verdict.outcome.value,
             "healmesh.gate_reason": verdict.reason}
     drift_artifacts = {"drift_report_html": drift_files["html"],
                        "drift_report_json": drift_files["json"]} if drift_check_id else {}
@@ -111,12 +117,14 @@ def run_retrain(settings: Settings, redis: Any, *, trigger: str, drift_check_id:
             params={"seed": seed, "train_rows": len(data.train), "val_rows": len(data.val),
                     "holdout_rows": len(data.holdout), "recent_labelled_rows": data.recent_rows,
                     "reference_rows": data.reference_rows, "reference_share": settings.retrain.reference_share,
-                    **meta.params},
+                    **{f"gate_{k}": v for k, v in settings.retrain.gate.model_dump().items()},
+                    **recorded["params"], **meta.params},
             metrics={**{f"holdout_{k}": v for k, v in cand_metrics.items()},
-                     **{f"champion_holdout_{k}": v for k, v in champ_metrics.items()}},
+                     **{f"champion_holdout_{k}": v for k, v in champ_metrics.items()}, **recorded["metrics"]},
             tags=tags, example=data.holdout,
             reference=reference_sample(data.train, 5_000, seed), artifacts=drift_artifacts)
-    out = {"passed": verdict.passed, "reason": verdict.reason, "run_id": logged.run_id,
+    out = {"passed": verdict.passed, "gate": verdict.outcome.value, "reason": verdict.reason,
+           "interval": [verdict.lower, verdict.upper], "run_id": logged.run_id,
            "candidate": cand_metrics, "champion": champ_metrics, "champion_version": champion.version,
            "version": None, "train_rows": len(data.train), "recent_labelled_rows": data.recent_rows,
            "train_seconds": train_seconds, "window": window.describe()}
@@ -129,8 +137,10 @@ def run_retrain(settings: Settings, redis: Any, *, trigger: str, drift_check_id:
         events.record(redis, settings.key_prefix, "candidate_registered",
                       f"v{version} registered: {verdict.reason}", version=version, run_id=logged.run_id)
     else:
-        events.record(redis, settings.key_prefix, "candidate_rejected", f"candidate rejected: {verdict.reason}",
-                      run_id=logged.run_id)
+        kept = ("champion kept, insufficient evidence" if verdict.outcome is GateOutcome.INSUFFICIENT_EVIDENCE
+                else "candidate rejected")
+        events.record(redis, settings.key_prefix, "candidate_rejected", f"{kept}: {verdict.reason}",
+                      run_id=logged.run_id, gate=verdict.outcome.value)
     return out
 
 

@@ -9,36 +9,15 @@ from statistics import NormalDist
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from healmesh.policies.quality import structural_components
 
-
-@dataclass(frozen=True)
-class GateResult:
-    passed: bool
-    metric: str
-    candidate: float
-    champion: float
-    tolerance: float
-
-    @property
-    def reason(self) -> str:
-        verb = "passes" if self.passed else "fails"
-        return (f"candidate {self.metric} {self.candidate:.4f} {verb} against champion {self.champion:.4f} "
-                f"(tolerance {self.tolerance})")
-
-
-def gate(candidate: float, champion: float, tolerance: float, metric: str = "roc_auc") -> GateResult:
-    """Not worse than the champion on the gate metric, within the tolerance."""
-    return GateResult(candidate >= champion - tolerance, metric, candidate, champion, tolerance)
-
-
-# --- issue 11: a gate with confidence -------------------------------------------------------------------------
-# The rule above passes a candidate within 0.005 AUC of the champion with no interval: on the retrain's holdout
-# (about 6 positives) that is a coin toss (bench/decisions/gate.py measures it). The rule below compares both
-# models on the SAME labelled holdout with DeLong's paired test, keeps an absolute floor, and answers
-# "insufficient evidence" (keep the champion) when the holdout cannot tell.
+# A candidate is compared with the champion on the SAME recent labelled holdout with DeLong's paired
+# test; it needs an absolute floor as well, and "insufficient evidence" (keep the champion) is an answer.
+# The rule this replaced passed a candidate within 0.005 AUC of the champion with no interval: on the
+# retrain's holdout (about 6 positives at the minimum 1,000 labels) a worse candidate passed up to 30 % of
+# the time (bench/results/decisions.md).
 
 @dataclass(frozen=True)
 class PairedAuc:
@@ -78,17 +57,14 @@ class GateConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    alpha: float = Field(0.05, gt=0.0, lt=0.5)
-    margin: float = Field(0.005, ge=0.0, lt=0.5)  # non-inferiority margin, in AUC
-    floor: float = Field(0.80, ge=0.5, le=1.0)  # absolute: repeated promotions cannot slide below it
-    min_positives: int = Field(30, ge=2)
-    min_negatives: int = Field(30, ge=2)
-
-    @model_validator(mode="after")
-    def _sane(self) -> GateConfig:
-        if self.floor - self.margin < 0.5:
-            raise ValueError("floor minus margin must stay above chance (0.5)")
-        return self
+    alpha: float = Field(default=0.05, gt=0.0, lt=0.5)
+    # non-inferiority margin, in AUC: the old tolerance's value. A candidate 2 points worse is promoted
+    # at most alpha of the time (0 % measured, bench/results/decisions.md); the lifecycle test's
+    # covariate retrain (3,000-row holdout, 60 positives) measured [+0.0074, +0.0473], a clear pass
+    margin: float = Field(default=0.005, ge=0.0, lt=0.5)
+    floor: float = Field(default=0.80, ge=0.5, le=1.0)  # absolute: repeated promotions cannot slide below it
+    min_positives: int = Field(default=30, ge=2)
+    min_negatives: int = Field(default=30, ge=2)
 
 
 class GateOutcome(enum.StrEnum):

@@ -31,6 +31,10 @@ TOKEN = os.environ["HEALMESH_ADMIN_TOKEN"]
 # safety module's models). A stage that ran long enough for the labels to come back failed an
 # equal challenger that way in a landing CI run. Issue 11 replaces the rule with a sequential test.
 WITHOUT_LIVE_AUC = {"HEALMESH_CANARY__MIN_QUALITY_LABELS": "1000000"}
+# a retrain gate every candidate passes (two of each class, a margin wider than any AUC gap, the floor
+# at chance), for the tests whose subject is what happens after the gate
+PASS_EVERY_CANDIDATE = {"HEALMESH_RETRAIN__GATE__MARGIN": "0.49", "HEALMESH_RETRAIN__GATE__FLOOR": "0.5",
+                        "HEALMESH_RETRAIN__GATE__MIN_POSITIVES": "2", "HEALMESH_RETRAIN__GATE__MIN_NEGATIVES": "2"}
 LABELLER_TOKEN = os.environ["HEALMESH_LABELLER_TOKEN"]
 
 

@@ -175,7 +175,14 @@ def test_covariate_drift_retrains_and_promotes_a_new_champion(life):
 
     run = MlflowClient(life.settings.tracking_uri).get_run(info.run_id)
     assert run.data.tags["healmesh.drift_check"] == summary["name"] and run.data.tags["healmesh.trigger"] == "drift"
-    assert run.data.tags["healmesh.gate"] == "passed" and run.data.tags["healmesh.window_last_id"]
+    assert run.data.tags["healmesh.gate"] == "pass" and run.data.tags["healmesh.window_last_id"]
+    # the gate's interval is recorded with the run (issue 11): the default margin, cleared with room
+    gate = life.settings.retrain.gate
+    low, high = run.data.metrics["gate_ci_lower"], run.data.metrics["gate_ci_upper"]
+    assert -gate.margin < low < run.data.metrics["gate_auc_difference"] < high, run.data.metrics
+    assert run.data.params["gate_outcome"] == "pass" and float(run.data.params["gate_margin"]) == gate.margin
+    assert run.data.metrics["gate_positives"] >= gate.min_positives
+    NUMBERS["covariate_gate_interval"] = [round(low, 4), round(high, 4)]
     artifacts = {a.path for a in MlflowClient(life.settings.tracking_uri).list_artifacts(info.run_id)}
     assert {"reference", "drift_report_html", "drift_report_json"} <= artifacts
     assert asset_events("healmesh://challenger") >= 1

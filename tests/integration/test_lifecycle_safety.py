@@ -34,7 +34,7 @@ from healmesh.settings import Settings, get_settings
 from healmesh.training import TrainConfig, train
 from healmesh.urls import local_redis_url
 
-from .conftest import TOKEN, WITHOUT_LIVE_AUC, scorer_env, start_gateway, start_scorer
+from .conftest import PASS_EVERY_CANDIDATE, TOKEN, WITHOUT_LIVE_AUC, scorer_env, start_gateway, start_scorer
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,7 +143,9 @@ def mesh(scorers, redis_srv, session_dir: Path) -> Iterator[Mesh]:
                 "HEALMESH_CANARY__INTERVAL_S": "4", "HEALMESH_CANARY__DEADLINE_S": "60",
                 "HEALMESH_CANARY__CHECK_EVERY_S": "1", "HEALMESH_CANARY__MIN_REQUESTS": "40",
                 "HEALMESH_CANARY__MIN_LATENCY_SAMPLE": "40", "HEALMESH_RETRAIN__MIN_LABELS": "500",
-                "HEALMESH_RETRAIN__GATE_TOLERANCE": "1.0",  # the gate is not under test here: every candidate passes
+                # the gate is not under test here (but in test_too_few_positives_keep_the_champion and
+                # the lifecycle module): every candidate of these 2,000 labels passes
+                **PASS_EVERY_CANDIDATE,
                 **WITHOUT_LIVE_AUC,  # nor the live-AUC rule: v1 and v2 rank equally well
                 "HEALMESH_CHALLENGER_POKE_S": "1", "HEALMESH_CHALLENGER_WAIT_S": "600",
                 # read when the DAG file is parsed: short backoff for promote, room for MLflow to come back
@@ -224,6 +226,33 @@ def test_a_retrain_waits_for_the_running_rollout_before_moving_the_challenger(me
     assert "stays registered without the challenger alias" in info.tags["healmesh.challenger_reason"]
     timed_out = mesh.events("challenger_wait_timed_out")
     assert timed_out and timed_out[0]["data"]["version"] == "4" and "held-by-the-test" in timed_out[0]["message"]
+
+
+def test_too_few_positives_keep_the_champion_and_the_run_records_why(mesh):
+    """Issue 11, item 1: a holdout with too few positives is "insufficient evidence", not a pass: nothing
+    is registered, the aliases stay, and the MLflow run and the events say why."""
+    from mlflow import MlflowClient
+
+    challenger, champion = mesh.alias("challenger"), mesh.alias("champion")
+    versions_before = len(MlflowClient(mesh.settings.tracking_uri).search_model_versions(f"name='{NAME}'"))
+    mesh.setenv(HEALMESH_RETRAIN__GATE__MIN_POSITIVES="100000")
+    try:
+        state, tasks, _ = mesh.run("retrain", {"trigger": "test", "seed": 2})
+    finally:
+        mesh.setenv(HEALMESH_RETRAIN__GATE__MIN_POSITIVES=PASS_EVERY_CANDIDATE["HEALMESH_RETRAIN__GATE__MIN_POSITIVES"])
+    assert state == "success" and tasks["train_and_judge"] == "success", tasks
+    assert tasks["install_challenger"] == "skipped" and tasks["announce_challenger"] == "skipped", tasks
+    client = MlflowClient(mesh.settings.tracking_uri)
+    assert len(client.search_model_versions(f"name='{NAME}'")) == versions_before
+    assert (mesh.alias("challenger"), mesh.alias("champion")) == (challenger, champion)
+    kept = mesh.events("candidate_rejected")[0]
+    assert kept["data"]["gate"] == "insufficient_evidence" and "champion kept" in kept["message"], kept
+    run = client.get_run(kept["data"]["run_id"])
+    assert run.data.tags["healmesh.gate"] == "insufficient_evidence"
+    assert run.data.params["gate_outcome"] == "insufficient_evidence"
+    assert run.data.params["gate_min_positives"] == "100000"
+    assert "the gate needs at least 100000" in run.data.params["gate_reason"]
+    assert 0 < run.data.metrics["gate_positives"] < 100_000 and "gate_ci_lower" not in run.data.metrics
 
 
 def test_a_stage_fails_when_its_canary_slot_changes_mid_stage(mesh):

@@ -58,7 +58,7 @@ def test_every_group_reads_its_env_vars(monkeypatch):
     monkeypatch.setenv("HEALMESH_CANARY__STAGES", "[20, 100]")
     monkeypatch.setenv("HEALMESH_CANARY__MIN_ERROR_SAMPLE", "30")  # could not be set before the tree
     monkeypatch.setenv("HEALMESH_DRIFT__MIN_QUALITY_LABELS", "50")  # nor this one
-    monkeypatch.setenv("HEALMESH_RETRAIN__GATE_TOLERANCE", "0.01")
+    monkeypatch.setenv("HEALMESH_RETRAIN__GATE__MARGIN", "0.02")
     monkeypatch.setenv("HEALMESH_ROLLOUT__PROMOTE_RETRIES", "1")
     monkeypatch.setenv("HEALMESH_FEATURE_LOG__FLUSH_BATCH", "8")
     monkeypatch.setenv("HEALMESH_CHAIN__DEADLINE_S", "0.3")
@@ -68,7 +68,7 @@ def test_every_group_reads_its_env_vars(monkeypatch):
     assert s.canary.stages == (20, 100) and s.canary.min_error_sample == 30
     assert s.canary.pass_sample == max(s.canary.min_requests, 30, s.canary.min_latency_sample)
     assert s.drift.min_quality_labels == 50
-    assert (s.retrain.gate_tolerance, s.rollout.promote_retries, s.feature_log.flush_batch) == (0.01, 1, 8)
+    assert (s.retrain.gate.margin, s.rollout.promote_retries, s.feature_log.flush_batch) == (0.02, 1, 8)
     budget = RetryBudget(s.retry_budget, clock=Clock())
     assert budget.config.min_per_window == 0 and not budget.try_spend()  # no floor: no retry without traffic
 
