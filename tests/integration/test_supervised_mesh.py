@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from healmesh.ops import procs
+from healmesh.settings import default_gateway_workers
 
 from .conftest import UpMesh
 from .load import Reply, hammer, transactions
@@ -45,9 +46,18 @@ def _state(mesh: Mesh) -> dict[str, Any]:
 
 
 def _full_share(mesh: Mesh) -> bool:
-    state = _state(mesh)
-    return abs(state["effective_weights"]["xgboost_stable"] - 0.8) < 1e-9 and \
-        state["breakers"]["xgboost_stable"]["state"] == "closed"
+    """XGBoost's breaker closed and its full 80 % share back on EVERY gateway worker: breakers and their
+    ramps are each worker's own, and a request for the state lands on either (a landing CI run saw one
+    worker report the full share while the other, still ramping, sent the test's card to PyTorch)."""
+    workers = default_gateway_workers()
+    seen: dict[int, bool] = {}
+    for _ in range(50):
+        state = _state(mesh)
+        seen[state["worker"]["pid"]] = abs(state["effective_weights"]["xgboost_stable"] - 0.8) < 1e-9 and \
+            state["breakers"]["xgboost_stable"]["state"] == "closed"
+        if len(seen) == workers:
+            break
+    return len(seen) == workers and all(seen.values())
 
 
 def wait_for(predicate, timeout: float, what: str) -> float:
@@ -124,9 +134,12 @@ def test_a_half_open_breaker_gets_its_probes_from_one_card(mesh):
         closed_s = wait_for(lambda: _state(mesh)["breakers"]["xgboost_stable"]["state"] == "closed", 120,
                             "the breaker to close on one card's traffic")
         print(f"\none card: breaker closed {closed_s:.1f}s after the scorer was ready")
+        wait_for(lambda: _full_share(mesh), 120, "the full share back on every worker")
+        # replies arrive a batch of 200 at a time: the batch in flight may have started before the
+        # full share was back; the one after it started after
         n = len(replies)
-        wait_for(lambda: len(replies) >= n + 400 and _full_share(mesh), 120, "the full share back")
-        assert {r.body["variant"] for r in replies[-100:]} == {"xgboost_stable"}  # sticky again
+        wait_for(lambda: len(replies) >= n + 400, 120, "two more batches")
+        assert {r.body["variant"] for r in replies[n + 200:n + 400]} == {"xgboost_stable"}  # sticky again
     finally:
         stop.set()
         loader.join(timeout=60)
