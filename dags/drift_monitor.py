@@ -6,9 +6,13 @@ champion's reference sample (an artifact of its MLflow run): per-feature KS, PSI
 chi-square / Jensen-Shannon, plus Evidently's data-drift report, and the champion's live AUC
 where labels arrived. Writes `drift_reports/<UTC time>_v<version>.html`, a JSON summary and
 `drift_reports/index.html`; publishes the scores (the gateway exports them as
-`healmesh_drift_score`). A window too small for a decision is recorded as such.
+`healmesh_drift_score`). The decision (`policies.drift_alarm.decide`): a feature drifts when
+significant after a false-discovery-rate correction over all features and above an effect floor;
+a drift on features the champion barely uses is `drift_reported`; a window dominated by a few
+distinct rows is `anomalous_traffic`; a live-AUC drop is drift. A window too small for a decision
+is recorded as such. The report's top shows the decision and its reasons.
 
-On drift it emits the `healmesh://drift` asset, which starts **retrain**.
+Only `drift` emits the `healmesh://drift` asset, which starts **retrain**.
 
 Params: `window_records` (last N records), `window_minutes` (or the last T minutes).
 """

@@ -1,12 +1,14 @@
-"""One drift check: the recent window against the champion's reference sample.
+"""One drift check: the recent window against the champion's reference sample, decided by
+``policies.drift_alarm.decide`` with the champion's own feature importance and live quality.
 
-Writes the Evidently report, the JSON summary and the index; publishes the scores to the
-control state (the gateway exports them as metrics); records a lifecycle event. Returns a
-plain dict (what the DAG passes on to the retraining DAG).
+Writes the Evidently report (our decision and its reasons at the top), the JSON summary and the
+index; publishes the scores to the control state (the gateway exports them as metrics); records a
+lifecycle event. Returns a plain dict (what the DAG passes on to the retraining DAG).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -17,9 +19,24 @@ from healmesh.control.sync_store import SyncControlStore
 from healmesh.errors import NoModel
 from healmesh.lifecycle import reports
 from healmesh.lifecycle.window import attach_labels, labelled, read_window
-from healmesh.policies.drift import decide, quality_check, scores_for_metrics
-from healmesh.policies.drift_decision import DriftDecision
+from healmesh.models.bundle import find_bundle, load_bundle
+from healmesh.models.xgb import XGBoostModel
+from healmesh.policies.drift import quality_check
+from healmesh.policies.drift_alarm import decide, scores_for_metrics
 from healmesh.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def champion_importance(settings: Settings, name: str, version: str) -> dict[str, float] | None:
+    """The served champion's share of total gain per feature; None when it has none to give (another
+    model kind), and then the decision goes without the importance veto and says so."""
+    bundle = load_bundle(find_bundle(registry.download_model(settings, name, version)))
+    if not isinstance(bundle.model, XGBoostModel):
+        log.info("champion %s v%s is a %s model: drift is judged without feature importance", name, version,
+                 bundle.meta.kind)
+        return None
+    return bundle.model.importance()
 
 
 def run_drift_check(settings: Settings, redis: Any, *, window_records: int | None = None,
@@ -43,11 +60,12 @@ def run_drift_check(settings: Settings, redis: Any, *, window_records: int | Non
     mine = mine[(mine["model"] == "xgboost") & (mine["model_version"] == champion.version)]
     quality = quality_check(mine["is_fraud"].to_numpy(), mine["probability"].to_numpy(),
                             info.metrics.get("holdout_roc_auc"), t)
-    result = decide(reference, current, t, quality)
+    importance = champion_importance(settings, name, champion.version)
+    result = decide(reference, current, t, quality, importance=importance)
     checked_at = time.time()
     summary_path = reports.write_report(
         settings.drift_reports_dir, result, reference, current, checked_at=checked_at,
-        model_version=champion.version,
+        model_version=champion.version, thresholds=t,
         extra={"window": window.describe(), "thresholds": t.model_dump(), "champion_run": info.run_id})
     seconds = round(time.perf_counter() - t0, 3)
     html_name = summary_path.with_suffix(".html").name
@@ -55,16 +73,12 @@ def run_drift_check(settings: Settings, redis: Any, *, window_records: int | Non
         checked_at=checked_at, model_version=champion.version, window_size=result.window_size,
         decision=result.decision, share_drifted=result.share_drifted, scores=scores_for_metrics(result),
         report=html_name if (settings.drift_reports_dir / html_name).exists() else None))
-    message = {
-        DriftDecision.DRIFT: f"drift found: {'; '.join(result.reasons)}",
-        DriftDecision.NO_DRIFT: f"no drift in {result.window_size} records",
-        DriftDecision.INSUFFICIENT_DATA: f"no decision: {result.reasons[0] if result.reasons else 'window too small'}",
-    }[result.decision]
-    events.record(redis, settings.key_prefix, f"drift_{result.decision}", message, check_id=summary_path.stem,
-                  share=result.share_drifted, drifted=result.drifted_features[:8])
+    events.record(redis, settings.key_prefix, f"drift_{result.decision.value}", result.headline,
+                  check_id=summary_path.stem, share=result.share_drifted, drifted=result.drifted_features[:8])
     return {"check_id": summary_path.stem, "decision": result.decision, "window": window.describe(),
             "window_size": result.window_size, "share_drifted": result.share_drifted,
             "drifted_features": result.drifted_features, "reasons": list(result.reasons),
+            "headline": result.headline,
             "live_auc": quality.live_auc, "holdout_auc": quality.reference_auc,
             "report": str(settings.drift_reports_dir / html_name), "summary": str(summary_path),
             "champion_version": champion.version, "seconds": seconds,

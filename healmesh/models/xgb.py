@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 import xgboost as xgb
 
+from healmesh import features, schema
 from healmesh.models.bundle import BundleMeta
 from healmesh.settings import get_settings
 
@@ -51,6 +52,15 @@ class XGBoostModel:
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         # inplace_predict skips the DMatrix build: it matters for small serving batches
         return np.asarray(self.booster.inplace_predict(X), dtype=np.float64)
+
+    def importance(self) -> dict[str, float]:
+        """Share of the model's total gain per schema feature (one-hot columns summed back). Total, not
+        mean, gain: mean gain per split inflates a feature split rarely, and totals add up over columns."""
+        out = dict.fromkeys(schema.FEATURE_NAMES, 0.0)
+        for column, gain in self.booster.get_score(importance_type="total_gain").items():
+            out[features.ENCODED_NAMES[int(column[1:])].split("=")[0]] += float(gain)  # type: ignore[arg-type]
+        total = sum(out.values())
+        return {k: v / total for k, v in out.items()} if total > 0 else out
 
     def save_weights(self, directory: Path) -> None:
         self.booster.save_model(str(directory / WEIGHTS))

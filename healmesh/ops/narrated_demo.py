@@ -304,7 +304,7 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
                          progress=lambda m: say(f"  canary_rollout: {m}"))
             latest = sampler.latest()
             figures["drifted_features_psi"] = {f: round(v, 3) for f, v in sorted(
-                (latest.drift if latest else {}).items(), key=lambda kv: -kv[1]) if v >= s.drift.psi}
+                (latest.drift if latest else {}).items(), key=lambda kv: -kv[1]) if v >= s.drift.min_psi}
             new = registry.version_by_alias(s, name, s.champion_alias)
             figures["champion_after"] = new.version if new else None
             say(f"canary_rollout {cr['state']}: champion v{figures['champion_before']} -> v{figures['champion_after']}")
@@ -410,7 +410,7 @@ def write_results(out: Path, rec: Recording, figures: dict[str, Any]) -> None:
     last = next((smp.drift for smp in reversed(rec.samples) if smp.drift), {})
     top = sorted(last.items(), key=lambda kv: -kv[1])[:10]
     ax2.barh([k for k, _ in top][::-1], [v for _, v in top][::-1])
-    ax2.axvline(get_settings().drift.psi, color="red", ls="--", lw=1, label="drift threshold")
+    ax2.axvline(get_settings().drift.min_psi, color="red", ls="--", lw=1, label="drift effect floor (PSI)")
     ax2.legend(loc="lower right", fontsize=8)
     ax2.set(title="Drift per feature (PSI, latest check)")
     fig.tight_layout()

@@ -1,9 +1,10 @@
-"""Drift alarms that mean something: which drift retrains, which is only reported. Pure (numpy only).
+"""The drift decision: which drift retrains, which is only reported. Pure (numpy; pandas for the
+statistics and row hashes). Its settings are ``policies.drift.DriftThresholds`` (``Settings.drift``).
 
-It reads the per-feature statistics ``healmesh.policies.drift.feature_drift`` already computes
-and decides, in this order:
+``decide_alarm`` reads the per-feature statistics ``healmesh.policies.drift.feature_drift``
+computes and decides, in this order:
 
-1. INSUFFICIENT_DATA: a window under ``min_rows`` rows is no decision.
+1. INSUFFICIENT_DATA: a window under ``min_window`` rows is no decision.
 2. ANOMALOUS_TRAFFIC: a window dominated by a few distinct rows (a load test replaying one body,
    a bot) is reported and never retrains: 100,000 copies of one transaction flagged 15 of 16
    features "drifted" (PSI 8.3) under the old rule and started a retrain (issue 11).
@@ -20,20 +21,27 @@ and decides, in this order:
    estimated AUC against the reference AUC) shows no material drop. Otherwise DRIFT_RETRAIN.
 
 ``headline`` is one sentence for the top of the HTML report, so the page and the decision agree.
+
+``decide`` is the drift check's whole decision: the statistics, the alarm, and the champion's live
+quality (labelled concept drift retrains whatever the features say, except on anomalous traffic,
+whose labels are no evidence either), mapped to the published ``DriftDecision``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, model_validator
 
-from healmesh.policies.drift import FeatureDrift
+from healmesh.policies.drift import DriftThresholds, FeatureDrift, QualityCheck, feature_drift
+from healmesh.policies.drift_decision import DriftDecision
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class AlarmOutcome(StrEnum):
@@ -42,46 +50,6 @@ class AlarmOutcome(StrEnum):
     DRIFT_REPORTED = "drift_reported"  # drifted, but unimportant or harmless: reported, no retrain
     ANOMALOUS_TRAFFIC = "anomalous_traffic"  # a few distinct rows dominate: reported, never a retrain
     INSUFFICIENT_DATA = "insufficient_data"
-
-
-class AlarmConfig(BaseModel):
-    """Frozen and validated."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    fdr_q: float = 0.05
-    # Effect floors. Undrifted 2,000-row windows against a 5,000-row reference: PSI ~0.005 and KS
-    # under 0.04 (95 %), so 0.1 is far above noise and is the usual "moderate shift" PSI band.
-    min_psi: float = 0.1
-    min_ks: float = 0.1
-    min_js: float = 0.1
-    min_rows: int = 500
-    # Real card traffic has (nearly) no duplicate rows: amounts carry cents and times vary.
-    max_top_row_share: float = 0.05
-    min_distinct_share: float = 0.5
-    # Drifted features carrying less than this share of the model's importance do not retrain.
-    min_importance: float = 0.05
-    # An estimated AUC drop retrains only when it is at least this large and at least z
-    # standard errors of the estimate.
-    max_auc_drop: float = 0.01
-    impact_z: float = 1.645
-
-    @model_validator(mode="after")
-    def _check(self) -> AlarmConfig:
-        def need(ok: bool, what: str, value: object) -> None:
-            if not ok:
-                raise ValueError(f"{what}, but was {value!r}")
-
-        need(0.0 < self.fdr_q < 1.0, "fdr_q must be in (0, 1)", self.fdr_q)
-        for name in ("min_psi", "min_ks", "min_js", "max_auc_drop"):
-            need(getattr(self, name) > 0, f"{name} must be > 0", getattr(self, name))
-        need(self.min_ks <= 1.0 and self.min_js <= 1.0, "min_ks and min_js must be <= 1", (self.min_ks, self.min_js))
-        need(self.min_rows >= 10, "min_rows must be >= 10", self.min_rows)
-        need(0.0 < self.max_top_row_share <= 1.0, "max_top_row_share must be in (0, 1]", self.max_top_row_share)
-        need(0.0 <= self.min_distinct_share < 1.0, "min_distinct_share must be in [0, 1)", self.min_distinct_share)
-        need(0.0 <= self.min_importance < 1.0, "min_importance must be in [0, 1)", self.min_importance)
-        need(self.impact_z >= 0, "impact_z must be >= 0", self.impact_z)
-        return self
 
 
 @dataclass(frozen=True)
@@ -125,7 +93,7 @@ class EstimatedImpact:
     def drop(self) -> float:
         return self.reference_auc - self.estimated_auc
 
-    def hurts(self, cfg: AlarmConfig) -> bool:
+    def hurts(self, cfg: DriftThresholds) -> bool:
         """The drop is material (>= max_auc_drop) and beyond the estimate's noise (>= z SE)."""
         return self.drop >= cfg.max_auc_drop and self.drop >= cfg.impact_z * self.standard_error
 
@@ -219,10 +187,10 @@ def _names(features: list[RankedFeature], n: int = 3) -> str:
 
 def decide_alarm(features: Mapping[str, FeatureDrift], n_rows: int, row_hashes: np.ndarray | None = None,
                  importance: Mapping[str, float] | None = None, estimated_impact: EstimatedImpact | None = None,
-                 cfg: AlarmConfig | None = None) -> DriftAlarm:
-    cfg = cfg or AlarmConfig()
-    if n_rows < cfg.min_rows:
-        why = f"window of {n_rows:,} rows is under the minimum of {cfg.min_rows:,}"
+                 cfg: DriftThresholds | None = None) -> DriftAlarm:
+    cfg = cfg or DriftThresholds()
+    if n_rows < cfg.min_window:
+        why = f"window of {n_rows:,} rows is under the minimum of {cfg.min_window:,}"
         return DriftAlarm(AlarmOutcome.INSUFFICIENT_DATA, f"No decision: {why}.", (why,), n_rows)
 
     traffic = traffic_profile(row_hashes) if row_hashes is not None else None
@@ -285,3 +253,75 @@ def decide_alarm(features: Mapping[str, FeatureDrift], n_rows: int, row_hashes: 
         extra = reasons[len(drifted) + 1:]  # the importance and impact lines, when given
         headline = f"Drift, retrain: {what}" + "".join(f"; {x}" for x in extra) + "."
     return DriftAlarm(outcome, headline, tuple(reasons), n_rows, tuple(ranked), traffic, carried, estimated_impact)
+
+
+def row_hashes(frame: pd.DataFrame) -> np.ndarray:
+    """One hash per row over the model's features (what ``traffic_profile`` counts)."""
+    import pandas as pd
+
+    from healmesh import schema
+
+    hashes: np.ndarray = pd.util.hash_pandas_object(frame[list(schema.FEATURE_NAMES)], index=False).to_numpy()
+    return hashes
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    decision: DriftDecision
+    window_size: int
+    reference_size: int
+    headline: str
+    alarm: DriftAlarm
+    features: dict[str, FeatureDrift] = field(default_factory=dict)
+    reasons: tuple[str, ...] = ()
+    quality: QualityCheck | None = None
+
+    @property
+    def drifted_features(self) -> list[str]:
+        """Drifted features, ranked by drift x the model's importance (by PSI without importance)."""
+        return self.alarm.drifted
+
+    @property
+    def share_drifted(self) -> float:
+        return len(self.alarm.drifted) / len(self.features) if self.features else 0.0
+
+    def top(self, n: int = 5) -> list[tuple[str, float]]:
+        """The n highest-PSI features with their PSI."""
+        return [(f.feature, round(f.psi, 4)) for f in sorted(self.features.values(), key=lambda f: -f.psi)[:n]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"decision": self.decision, "headline": self.headline, "window_size": self.window_size,
+                "reference_size": self.reference_size, "share_drifted": self.share_drifted,
+                "drifted_features": self.drifted_features, "reasons": list(self.reasons),
+                "features": {k: asdict(v) for k, v in self.features.items()},
+                "quality": asdict(self.quality) if self.quality else None, "alarm": self.alarm.to_dict()}
+
+
+_PUBLISHED = {AlarmOutcome.NO_DRIFT: DriftDecision.NO_DRIFT, AlarmOutcome.DRIFT_RETRAIN: DriftDecision.DRIFT,
+              AlarmOutcome.DRIFT_REPORTED: DriftDecision.DRIFT_REPORTED,
+              AlarmOutcome.ANOMALOUS_TRAFFIC: DriftDecision.ANOMALOUS_TRAFFIC,
+              AlarmOutcome.INSUFFICIENT_DATA: DriftDecision.INSUFFICIENT_DATA}
+
+
+def decide(reference: pd.DataFrame, current: pd.DataFrame, t: DriftThresholds, quality: QualityCheck | None = None,
+           importance: Mapping[str, float] | None = None,
+           estimated_impact: EstimatedImpact | None = None) -> DriftResult:
+    """The drift check's decision on ``current`` against ``reference`` (DRIFT is the one that retrains)."""
+    n = len(current)
+    features = feature_drift(reference, current) if n >= t.min_window else {}
+    alarm = decide_alarm(features, n, row_hashes(current) if n else None, importance, estimated_impact, t)
+    decision, headline, reasons = _PUBLISHED[alarm.outcome], alarm.headline, list(alarm.reasons)
+    judged = alarm.outcome not in (AlarmOutcome.INSUFFICIENT_DATA, AlarmOutcome.ANOMALOUS_TRAFFIC)
+    if judged and quality is not None and quality.dropped:
+        line = (f"live AUC {quality.live_auc:.3f} is more than {t.auc_drop} under the holdout AUC "
+                f"{quality.reference_auc:.3f} ({quality.labelled:,} labels, {quality.positives:,} fraud)")
+        reasons.append(line)
+        decision = DriftDecision.DRIFT
+        headline = f"Drift, retrain: the champion's {line}. Features: {alarm.headline}"
+    return DriftResult(decision, n, len(reference), headline, alarm, features, tuple(reasons), quality)
+
+
+def scores_for_metrics(result: DriftResult) -> Mapping[str, Mapping[str, float]]:
+    """Per feature: psi, and ks or js (what the gateway exports as healmesh_drift_score)."""
+    return {name: {k: v for k, v in f.scores().items() if k in ("psi", "ks", "js")}
+            for name, f in result.features.items()}

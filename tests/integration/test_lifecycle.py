@@ -13,13 +13,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from html import escape as html_text
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from healmesh import registry
+from healmesh import registry, schema
 from healmesh.control import events
 from healmesh.data import DriftSpec, generate
 from healmesh.lifecycle.traffic import Background, send_sync
@@ -138,6 +139,32 @@ def test_without_drift_a_report_is_still_written_and_indexed(life):
     assert state == "success" and small["decision"] == "insufficient_data" and small["html"] is None
     # the gauges carry what this check published (they exist at 0 from start-up, so a name says nothing)
     text = published_drift(life, small)
+    assert metric_value(text, "healmesh_drift_detected") == 0.0
+
+
+def test_a_replayed_transaction_is_anomalous_traffic_and_retrains_nothing(life):
+    """Issue 11, item 5: a load test replaying one body made the old rule flag 15 of 16 features and
+    retrain. Now the check reports anomalous traffic, the report's top says so, and nothing retrains."""
+    frame = generate(1, seed=77)
+    row = {k: (v.item() if hasattr(v, "item") else v)
+           for k, v in frame[[*schema.FEATURE_NAMES, schema.ENTITY_KEY]].iloc[0].items()}
+    with httpx.Client(timeout=30) as client:
+        for _ in range(50):
+            r = client.post(life.gateway + "/api/v1/predict", json=[row] * 20)
+            assert r.status_code == 200, r.text
+    drift_events = asset_events("healmesh://drift")
+    state, tasks = life.run("drift_monitor", {"window_records": 1_000})
+    summary = life.newest_summary()
+    assert state == "success" and tasks["request_retraining"] == "skipped", tasks
+    assert summary["decision"] == "anomalous_traffic", summary["reasons"]
+    assert summary["headline"].startswith("Anomalous traffic, no retrain") and summary["drifted_features"] == []
+    assert asset_events("healmesh://drift") == drift_events
+    page = (life.reports / summary["html"]).read_text()
+    banner = page.index("id='healmesh-decision'")
+    assert page.index("<body") < banner and "anomalous_traffic" in page[banner:banner + 2_000]
+    recorded = [e for e in events.recent(life.redis(), "hm-life", 20) if e["kind"] == "drift_anomalous_traffic"]
+    assert recorded and recorded[0]["data"]["check_id"] == summary["name"]
+    text = published_drift(life, summary)
     assert metric_value(text, "healmesh_drift_detected") == 0.0
 
 
@@ -344,4 +371,11 @@ def test_drift_report_and_index_render_in_chromium(life, artifacts_dir):
     assert all(f in index_dom for f in summary["drifted_features"][:3])
     report_dom = browse(report, "--dump-dom")
     assert "Drift is detected" in report_dom and summary["drifted_features"][0] in report_dom
+    # healmesh's decision is the first thing in the page's body, and Evidently's headline rendered under it
+    # (run with our PSI floor) agrees; the head's scripts carry Evidently's templates, so look in the body
+    body = report_dom.index("<body")
+    banner = report_dom.index('id="healmesh-decision"')
+    assert body < banner < body + 100
+    assert html_text(summary["headline"][:60], quote=False) in report_dom[banner:banner + 3_000]
+    assert "Drift is detected" in report_dom[banner:] and "Drift is NOT detected" not in report_dom[banner:]
     (artifacts_dir / "lifecycle_numbers.json").write_text(json.dumps(NUMBERS, indent=2))

@@ -134,7 +134,8 @@ def test_the_enum_values_are_the_strings_on_the_wire():
     assert list(routing.VARIANTS) == ["xgboost_stable", "xgboost_canary", "pytorch"]
     assert [s.value for s in RolloutStatus] == ["idle", "running", "promoted", "rolled_back", "failed"]
     assert [s.value for s in State] == ["closed", "open", "half_open"]
-    assert [d.value for d in DriftDecision] == ["drift", "no_drift", "insufficient_data", "none"]
+    assert [d.value for d in DriftDecision] == ["drift", "drift_reported", "anomalous_traffic", "no_drift",
+                                               "insufficient_data", "none"]
     assert [s.value for s in StageStatus] == ["pass", "fail", "wait"]
     assert json.dumps({routing.XGB_STABLE: State.OPEN}) == '{"xgboost_stable": "open"}'
     assert f"{RolloutStatus.ROLLED_BACK}" == "rolled_back"

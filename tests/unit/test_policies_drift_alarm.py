@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from healmesh.policies.drift import FeatureDrift
+from healmesh.policies.drift import DriftThresholds, FeatureDrift
 from healmesh.policies.drift_alarm import (
-    AlarmConfig,
     AlarmOutcome,
     EstimatedImpact,
     bh_adjust,
@@ -15,7 +14,7 @@ from healmesh.policies.drift_alarm import (
     traffic_profile,
 )
 
-CFG = AlarmConfig()
+CFG = DriftThresholds()
 
 
 def num(name: str, p: float, ks: float = 0.3, psi: float = 0.3) -> FeatureDrift:
@@ -143,12 +142,12 @@ def test_to_dict_carries_the_decision():
     assert d["traffic"]["distinct"] == 2_000 and len(d["features"]) == 4
 
 
-@pytest.mark.parametrize("bad", [{"fdr_q": 0}, {"fdr_q": 1}, {"min_psi": 0}, {"min_ks": 1.5}, {"min_rows": 5},
+@pytest.mark.parametrize("bad", [{"fdr_q": 0}, {"fdr_q": 1}, {"min_psi": 0}, {"min_ks": 1.5}, {"min_window": 5},
                                  {"max_top_row_share": 0}, {"min_distinct_share": 1}, {"min_importance": -0.1},
                                  {"max_auc_drop": 0}, {"impact_z": -1}, {"unknown": 1}])
 def test_config_validation(bad):
     with pytest.raises(ValidationError):
-        AlarmConfig(**bad)
+        DriftThresholds(**bad)
 
 
 def test_config_is_frozen_and_inputs_are_checked():
