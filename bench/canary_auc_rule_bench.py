@@ -1,5 +1,6 @@
-"""How often the canary judge's live-AUC rule (fail when the canary's AUC trails stable's by more
-than ``max_auc_drop``) fails a challenger that ranks as well as the champion. No servers: two
+"""How often the canary's old live-AUC rule (fail when the canary's AUC trails stable's by more
+than ``max_auc_drop``; replaced by the sequential judge in issue 11, kept here to compare with)
+fails a challenger that ranks as well as the champion. No servers: two
 XGBoost models trained on generated data (the lifecycle-safety test's v1 and v2, seeds 11 and 12),
 scored on fresh generated traffic; canary and stable samples drawn independently, as the stage
 sees them. Writes bench/results/canary_auc_rule.{json,md}.
@@ -21,7 +22,6 @@ sys.path.insert(0, str(ROOT))
 
 from healmesh import features, schema  # noqa: E402
 from healmesh.data import generate  # noqa: E402
-from healmesh.policies.canary import CanaryConfig  # noqa: E402
 from healmesh.policies.quality import live_auc  # noqa: E402
 from healmesh.training import TrainConfig, fit_xgboost, split  # noqa: E402
 
@@ -29,8 +29,16 @@ SIZES = ((200, 200), (200, 400), (300, 300), (500, 500), (1_000, 1_000), (2_000,
 DRAWS = 2_000
 
 
+class OldRule:
+    """The rule as it was configured (the old ``CanaryConfig`` defaults)."""
+
+    max_auc_drop = 0.03
+    min_quality_labels = 200
+    min_quality_positives = 5
+
+
 def main() -> None:
-    cfg = CanaryConfig()
+    cfg = OldRule()
     models = []
     for seed in (11, 12):
         data = split(generate(20_000, seed=seed), TrainConfig(seed=seed))
@@ -60,7 +68,7 @@ def main() -> None:
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "canary_auc_rule.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["# The canary's live-AUC rule on an equal challenger", "",
+    lines = ["# The old canary live-AUC rule on an equal challenger (replaced by the sequential judge)", "",
              f"`python bench/canary_auc_rule_bench.py`. Two equally good models: AUC {result['stable_auc']} "
              f"(stable) and {result['canary_auc']} (canary) on 200,000 fresh rows, {result['positive_rate']:.1%} "
              f"positive. The rule fails the canary when its AUC trails by more than {cfg.max_auc_drop}; it is read "

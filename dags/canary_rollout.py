@@ -3,10 +3,11 @@
 
 Rolls the `challenger` out as a canary of the XGBoost scorer: its canary slot loads the
 version, then stages (`HEALMESH_CANARY__STAGES`, default 10 % -> 50 % -> 100 % of the XGBoost
-share). Each stage holds for the analysis interval, needs enough canary calls for every check,
-and compares canary with stable on error rate and p95 latency (the gateway's metrics, across
-gateway restarts) and, where enough labels exist, live AUC. Any failed check fails the stage at
-once, and a stage with too little data by its deadline fails too.
+share). Each stage is judged sequentially (anytime-valid tests, `HEALMESH_CANARY__JUDGE__*`):
+canary against stable on error rate and log latency (the gateway's metrics, across gateway
+restarts) and on AUC, estimated from the served probabilities until labels arrive, then live. It
+passes once no metric is worse than its margin, rolls back once harm is proven, and rolls back
+when still undecided at its limit: too little evidence is never a pass.
 
 One rollout at a time: **prepare** takes the rollout lease (Redis), every stage check extends
 it and checks that the scorer's canary slot still serves the version under test; a retrain waits

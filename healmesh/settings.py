@@ -313,6 +313,13 @@ def _moved_env_names() -> dict[str, str]:
               "HEALMESH_GATE_TOLERANCE": "HEALMESH_RETRAIN__GATE__MARGIN",
               "HEALMESH_RETRAIN__GATE_TOLERANCE": "HEALMESH_RETRAIN__GATE__MARGIN (a one-sided non-inferiority "
                                                   "margin now, with HEALMESH_RETRAIN__GATE__FLOOR)",
+              # the fixed-length canary stage became the sequential judge's (issue 11)
+              **{f"HEALMESH_CANARY__{name}": f"HEALMESH_CANARY__JUDGE__{new} (the sequential judge)"
+                 for name, new in (("INTERVAL_S", "MIN_PASS_SAMPLES"), ("DEADLINE_S", "MAX_STAGE_S"),
+                                   ("MIN_REQUESTS", "MIN_PASS_SAMPLES"), ("MIN_ERROR_SAMPLE", "MIN_PASS_SAMPLES"),
+                                   ("MIN_LATENCY_SAMPLE", "MIN_PASS_SAMPLES"),
+                                   ("MAX_ERROR_RATE_DELTA", "ERROR_MARGIN"), ("MAX_P95_RATIO", "LATENCY_MARGIN"),
+                                   ("P95_SLACK_MS", "LATENCY_MARGIN"), ("MAX_AUC_DROP", "AUC_MARGIN"))},
               **{f"HEALMESH_FEATURE_{name}": f"HEALMESH_FEATURE_LOG__{name}"
                  for name in ("STREAM_MAXLEN", "BUFFER_MAX", "FLUSH_BATCH", "FLUSH_INTERVAL_MS")}}
     return {old: new for old, new in moved.items() if old not in flat}

@@ -17,10 +17,27 @@ class AirflowClient:
         self.headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
         self.timeout = timeout
 
-    def _req(self, method: str, path: str, **kw: Any) -> Any:
-        r = httpx.request(method, f"{self.base}/api/v2{path}", headers=self.headers, timeout=self.timeout, **kw)
-        r.raise_for_status()
-        return r.json()
+    # reads and PATCH are idempotent, so a 5xx or a dropped connection is tried again: on SQLite the
+    # api-server answers 500 "database is locked" while the scheduler writes (seen on the demo's
+    # unpause right after `make up`). A POST (trigger) is not repeated: it may have created the run.
+    RETRIED = ("GET", "PATCH")
+    ATTEMPTS = 5
+
+    def _req(self, method: str, path: str, sleep: Callable[[float], None] = time.sleep, **kw: Any) -> Any:
+        for attempt in range(self.ATTEMPTS):
+            last = attempt == self.ATTEMPTS - 1 or method not in self.RETRIED
+            try:
+                r = httpx.request(method, f"{self.base}/api/v2{path}", headers=self.headers, timeout=self.timeout,
+                                  **kw)
+            except httpx.TransportError:
+                if last:
+                    raise
+            else:
+                if r.status_code < 500 or last:
+                    r.raise_for_status()
+                    return r.json()
+            sleep(0.5 * 2 ** attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def dags(self) -> list[dict[str, Any]]:
         return self._req("GET", "/dags")["dags"]

@@ -10,8 +10,10 @@ stop.
   XGBoost scorer loads it into its canary slot (reload now) and the slot is warmed up;
 - each stage: the gateway gives the canary its percentage of the XGBoost share, then every
   ``check_every_s``: the lease must still be ours and the canary slot must still serve the version
-  under test (else the stage fails at once), and the analysis compares canary with stable on
-  counter increases that survive gateway restarts (``healmesh.policies.evidence``);
+  under test (else the stage fails at once), and the sequential judge (``healmesh.policies.canary``)
+  compares canary with stable on counter increases that survive gateway restarts
+  (``healmesh.policies.evidence``) and on the live answers: pass, rollback, or check again. Stable
+  is pooled over the rollout's stages (at 100 % it serves nothing of its own);
 - promote: ``champion`` moves to the new version (the previous one, as prepare saw it, is tagged
   for `healmesh rollback`), stable serves it, the canary slot empties;
 - rollback: the mesh first, through the gateway alone (stage 0, status ``rolled_back``, or
@@ -88,15 +90,33 @@ def prepare(settings: Settings, mesh: MeshClient, redis: Any, *, holder: str, ve
     return {"version": target, "champion": previous, "rollout": holder}
 
 
-def _stage_quality(redis: Any, settings: Settings, since: float,
-                   cfg: analysis.CanaryConfig) -> dict[str, analysis.Quality]:
+def _answers(frame: Any, variant: str, since_wall: float) -> analysis.Answers:
+    part = frame[(frame["variant"] == variant) & (frame["ts"] >= since_wall)]
+    done = labelled(part)
+    return analysis.Answers(part["probability"].to_numpy(dtype=float), done["probability"].to_numpy(dtype=float),
+                            done[schema.LABEL].to_numpy(dtype=int))
+
+
+def _stage_quality(redis: Any, settings: Settings, stage_started: float, rollout_started: float,
+                   cfg: analysis.CanaryConfig) -> analysis.AucDiff | None:
+    """Canary answers of this stage against stable answers since the rollout started (at 100 %
+    stable serves nothing, and the champion does not change during a rollout)."""
+    since = min(stage_started, rollout_started)
     window = read_window(redis, settings.key_prefix, last_n=50_000, since_s=max(time.time() - since, 1.0))
-    frame = labelled(attach_labels(redis, settings.key_prefix, window.frame))
-    out: dict[str, analysis.Quality] = {}
-    for variant in (routing.XGB_CANARY, routing.XGB_STABLE):
-        part = frame[frame["variant"] == variant]
-        out[variant] = analysis.quality(part[schema.LABEL].to_numpy(), part["probability"].to_numpy(), cfg)
-    return out
+    frame = attach_labels(redis, settings.key_prefix, window.frame)
+    return analysis.quality_evidence(_answers(frame, routing.XGB_CANARY, stage_started),
+                                     _answers(frame, routing.XGB_STABLE, rollout_started), cfg)
+
+
+def _earlier_stages(redis: Any, prefix: str, holder: str,
+                    fallback_start: float) -> tuple[float, list[dict[str, float]]]:
+    """When this rollout started, and what stable served in its stages that passed (their sums)."""
+    mine = events.for_rollout(redis, prefix, holder)
+    started = [e["when"] for e in mine if e["kind"] == "rollout_started"]
+    sums = [e["data"]["stable"]["sums"] for e in mine
+            if e["kind"] == "stage_passed" and isinstance(e["data"].get("stable"), dict)
+            and "sums" in e["data"]["stable"]]
+    return (min(started) if started else fallback_start), sums
 
 
 def _canary_slot(mesh: MeshClient) -> str | None:
@@ -123,6 +143,7 @@ def run_stage(settings: Settings, mesh: MeshClient, redis: Any, version: str, st
     # taken before the routing change: a gateway started after this counts all its calls
     started_wall = wall()
     mesh.set_rollout(stage, version, RolloutStatus.RUNNING, why=f"canary stage {stage}% for v{version}")
+    rollout_started, earlier = _earlier_stages(redis, prefix, holder, started_wall)
     evidence = CounterEvidence(stage_started_at=started_wall)
     evidence.add(Scrape.parse(mesh.gateway_metrics()))
     started = clock()
@@ -135,18 +156,19 @@ def run_stage(settings: Settings, mesh: MeshClient, redis: Any, version: str, st
         # after the scrape: what it counted was served while the guard still held
         guard({**base, "resets": [r.as_dict() for r in evidence.resets]})
         state = mesh.gateway_state()
-        quality = _stage_quality(redis, settings, started_wall, cfg)
         totals = evidence.totals
+        stable_here = analysis.stats_from_increases(totals, routing.XGB_STABLE)
         verdict = analysis.analyse(
-            analysis.stats_from_increases(totals, routing.XGB_CANARY),
-            analysis.stats_from_increases(totals, routing.XGB_STABLE),
+            analysis.stats_from_increases(totals, routing.XGB_CANARY), analysis.pooled(stable_here, earlier),
             clock() - started, cfg,
             canary_breaker_open=state["breakers"][routing.XGB_CANARY]["state"] == State.OPEN,
-            canary_quality=quality[routing.XGB_CANARY], stable_quality=quality[routing.XGB_STABLE])
+            quality=_stage_quality(redis, settings, started_wall, rollout_started, cfg))
         if verdict.status is analysis.StageStatus.WAIT:
             continue
         details = {**base, "status": verdict.status, "reasons": list(verdict.reasons),
-                   "resets": [r.as_dict() for r in evidence.resets], **verdict.details}
+                   "resets": [r.as_dict() for r in evidence.resets], **verdict.details,
+                   # this stage's own stable calls: the next stages pool them (not the pooled total)
+                   "stable": stable_here.as_dict(), "stable_pooled": verdict.details.get("stable")}
         if verdict.status is analysis.StageStatus.FAIL:
             events.record(redis, prefix, STAGE_FAILED, f"stage {stage}% failed: {'; '.join(verdict.reasons)}",
                           **details)

@@ -325,7 +325,24 @@ def up(train_rows: int = 60_000, airflow: bool = True) -> int:
             return code
     print(f"secrets (0600): admin token {secret_path(settings, credentials.ADMIN_TOKEN)} (or HEALMESH_ADMIN_TOKEN), "
           f"labeller token {secret_path(settings, credentials.LABELLER_TOKEN)} (or HEALMESH_LABELLER_TOKEN)")
+    _settle(settings)
     return status(settings)
+
+
+def _settle(settings: Settings, timeout_s: float = 60.0) -> None:
+    """Wait (bounded) until one report finds every program ready before the final verdict. Each
+    was ready once, but a check right after start-up can catch a transient no: a `make up` exited 1
+    with everything up when Airflow's api-server answered its health check late (2 s) behind the
+    scheduler's first write to the SQLite database."""
+    deadline = time.monotonic() + timeout_s
+    while not _healthy(report(settings)) and time.monotonic() < deadline:
+        time.sleep(1.0)
+
+
+def _healthy(data: dict[str, Any]) -> bool:
+    running = [p for p in data["processes"] if p["state"] != ProcState.STOPPED]
+    return data["supervisor"]["pid"] is not None and bool(running) and \
+        all(p["state"] == ProcState.READY for p in running)
 
 
 def _up_again(settings: Settings, sup: Supervisor) -> int:
@@ -451,9 +468,7 @@ def status(settings: Settings | None = None, as_json: bool = False) -> int:
     """Print the mesh's state; 0 when every program `up` started is ready (and there are some)."""
     settings = settings or get_settings()
     data = report(settings)
-    running = [p for p in data["processes"] if p["state"] != ProcState.STOPPED]
-    healthy = data["supervisor"]["pid"] is not None and bool(running) and \
-        all(p["state"] == ProcState.READY for p in running)
+    healthy = _healthy(data)
     if as_json:
         print(json.dumps({**data, "healthy": healthy}, indent=1))
         return 0 if healthy else 1

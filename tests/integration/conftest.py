@@ -25,12 +25,16 @@ from healmesh.urls import local_redis_url, local_url
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = os.environ["HEALMESH_ADMIN_TOKEN"]
-# For rollouts whose test is not about the canary's live-AUC rule: the rule compares the bare AUC
-# drop with 0.03, and of two equal models (v1 0.971, v2 0.972 on 200,000 fresh rows, 2 % positive)
-# it failed the canary 17-18 % of the times it was read at 200-2,000 labels (a simulation on the
-# safety module's models). A stage that ran long enough for the labels to come back failed an
-# equal challenger that way in a landing CI run. Issue 11 replaces the rule with a sequential test.
-WITHOUT_LIVE_AUC = {"HEALMESH_CANARY__MIN_QUALITY_LABELS": "1000000"}
+# A canary the sequential judge decides in seconds, for the tests whose subject is not quality: error
+# rate and latency must be proven no worse (error margin +1 %, the default; latency a 2x ratio of
+# geometric means, wide enough for a busy CI host's stalls, far below a 300 ms fault); quality is
+# judged when there is evidence but not required, with a 0.2 AUC margin: estimates (CBPE) of two
+# equal models differ by their calibration, and a stage that passes on errors and latency would
+# otherwise wait for thousands of labels to prove a 1-point margin (bench/results/decisions.md).
+# The test of a worse model sets quality back to required.
+FAST_CANARY = {"HEALMESH_CANARY__CHECK_EVERY_S": "1", "HEALMESH_CANARY__JUDGE__REQUIRE_QUALITY": "false",
+               "HEALMESH_CANARY__JUDGE__AUC_MARGIN": "0.2", "HEALMESH_CANARY__JUDGE__LATENCY_MARGIN": "0.693",
+               "HEALMESH_CANARY__JUDGE__MAX_STAGE_S": "120"}
 # a retrain gate every candidate passes (two of each class, a margin wider than any AUC gap, the floor
 # at chance), for the tests whose subject is what happens after the gate
 PASS_EVERY_CANDIDATE = {"HEALMESH_RETRAIN__GATE__MARGIN": "0.49", "HEALMESH_RETRAIN__GATE__FLOOR": "0.5",

@@ -34,7 +34,7 @@ from healmesh.settings import Settings, get_settings
 from healmesh.training import TrainConfig, train
 from healmesh.urls import local_redis_url
 
-from .conftest import PASS_EVERY_CANDIDATE, TOKEN, WITHOUT_LIVE_AUC, scorer_env, start_gateway, start_scorer
+from .conftest import FAST_CANARY, PASS_EVERY_CANDIDATE, TOKEN, scorer_env, start_gateway, start_scorer
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,13 +140,11 @@ def mesh(scorers, redis_srv, session_dir: Path) -> Iterator[Mesh]:
         assert migrated.returncode == 0, migrated.stdout[-2000:] + migrated.stderr[-2000:]
         fast = {"HEALMESH_GATEWAY_URL": gw.url, "HEALMESH_XGB_URL": xgb.url,
                 "HEALMESH_REDIS_URL": local_redis_url(redis_srv.port), "HEALMESH_KEY_PREFIX": PREFIX,
-                "HEALMESH_CANARY__INTERVAL_S": "4", "HEALMESH_CANARY__DEADLINE_S": "60",
-                "HEALMESH_CANARY__CHECK_EVERY_S": "1", "HEALMESH_CANARY__MIN_REQUESTS": "40",
-                "HEALMESH_CANARY__MIN_LATENCY_SAMPLE": "40", "HEALMESH_RETRAIN__MIN_LABELS": "500",
+                "HEALMESH_RETRAIN__MIN_LABELS": "500",
                 # the gate is not under test here (but in test_too_few_positives_keep_the_champion and
                 # the lifecycle module): every candidate of these 2,000 labels passes
                 **PASS_EVERY_CANDIDATE,
-                **WITHOUT_LIVE_AUC,  # nor the live-AUC rule: v1 and v2 rank equally well
+                **FAST_CANARY,  # nor the judge's quality: v1 and v2 rank equally well
                 "HEALMESH_CHALLENGER_POKE_S": "1", "HEALMESH_CHALLENGER_WAIT_S": "600",
                 # read when the DAG file is parsed: short backoff for promote, room for MLflow to come back
                 "HEALMESH_ROLLOUT__PROMOTE_RETRIES": "2", "HEALMESH_ROLLOUT__ROLLBACK_RETRIES": "12",
@@ -255,10 +253,18 @@ def test_too_few_positives_keep_the_champion_and_the_run_records_why(mesh):
     assert 0 < run.data.metrics["gate_positives"] < 100_000 and "gate_ci_lower" not in run.data.metrics
 
 
+# a stage that cannot pass for four minutes (the judge wants more canary samples than it will see)
+NO_PASS_YET = {"HEALMESH_CANARY__JUDGE__MIN_PASS_SAMPLES": "1000000",
+               "HEALMESH_CANARY__JUDGE__MAX_CANARY_CALLS": "1000000", "HEALMESH_CANARY__JUDGE__MAX_STAGE_S": "240"}
+PASS_AGAIN = {"HEALMESH_CANARY__JUDGE__MIN_PASS_SAMPLES": "200",
+              "HEALMESH_CANARY__JUDGE__MAX_CANARY_CALLS": "200000",
+              "HEALMESH_CANARY__JUDGE__MAX_STAGE_S": FAST_CANARY["HEALMESH_CANARY__JUDGE__MAX_STAGE_S"]}
+
+
 def test_a_stage_fails_when_its_canary_slot_changes_mid_stage(mesh):
     """Item 6: every check reads the scorer's canary slot; another version there fails the stage."""
     assert mesh.alias("challenger") == "3"
-    mesh.setenv(HEALMESH_CANARY__INTERVAL_S="120", HEALMESH_CANARY__DEADLINE_S="240")  # no pass before the swap
+    mesh.setenv(**NO_PASS_YET)  # no pass before the swap
 
     def swap_the_challenger() -> dict[str, Any]:
         wait_for("stage 10 of v3", lambda: (r := mesh.rollout())["stage"] == 10 and r["status"] == "running"
@@ -270,7 +276,7 @@ def test_a_stage_fails_when_its_canary_slot_changes_mid_stage(mesh):
     try:
         state, tasks, _ = mesh.run("canary_rollout")
     finally:
-        mesh.setenv(HEALMESH_CANARY__INTERVAL_S="4", HEALMESH_CANARY__DEADLINE_S="60")
+        mesh.setenv(**PASS_AGAIN)
     assert watch.result()["canary"]["version"] == "2"
     reason = "the XGBoost scorer's canary slot serves v2, not v3 under test"
     failed = mesh.events("stage_failed")[0]
@@ -286,7 +292,7 @@ def test_a_stage_fails_when_its_canary_slot_changes_mid_stage(mesh):
 def test_an_abort_rolls_back_now_and_the_running_stage_stops(mesh):
     """Item 6: `healmesh rollout abort --why` ends the rollout explicitly, with an event."""
     registry.set_alias(mesh.settings, NAME, "challenger", "2")
-    mesh.setenv(HEALMESH_CANARY__INTERVAL_S="120", HEALMESH_CANARY__DEADLINE_S="240")
+    mesh.setenv(**NO_PASS_YET)
 
     def abort_from_the_cli() -> subprocess.CompletedProcess[str]:
         wait_for("stage 10 of v2", lambda: mesh.rollout().get("status") == "running")
@@ -297,7 +303,7 @@ def test_an_abort_rolls_back_now_and_the_running_stage_stops(mesh):
     try:
         state, tasks, _ = mesh.run("canary_rollout")
     finally:
-        mesh.setenv(HEALMESH_CANARY__INTERVAL_S="4", HEALMESH_CANARY__DEADLINE_S="60")
+        mesh.setenv(**PASS_AGAIN)
     done = watch.result()
     assert done.returncode == 0 and "aborted and rolled back" in done.stdout, done.stdout + done.stderr
     assert state == "failed" and tasks["stage_10"] == "failed" and tasks["rollback"] == "success", tasks

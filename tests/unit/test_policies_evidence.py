@@ -10,9 +10,10 @@ from healmesh.policies.canary import (
     UpstreamStats,
     analyse,
 )
+from healmesh.policies.sequential import JudgeConfig
 
-# the canary config the restart test judges by (as in test_policies_canary.py)
-CFG = CanaryConfig(interval_s=10, deadline_s=30, min_requests=50, min_error_sample=10, min_latency_sample=20)
+# the canary config the restart test judges by: error rate and latency, no quality
+CFG = CanaryConfig(judge=JudgeConfig(require_quality=False))
 
 
 def test_canary_stats_from_two_scrapes():
@@ -44,7 +45,7 @@ def test_a_gateway_restart_counts_the_new_instance_from_zero_and_fails_the_canar
     stats = canary.stats_from_increases(ev.totals, "xgboost_canary")
     assert (stats.calls, stats.failures) == (450, 50)
     verdict = analyse(stats, UpstreamStats(calls=2_000, failures=0, p95_s=0.02, p50_s=0.01), 12, CFG)
-    assert verdict.status == "fail" and "canary error rate 11.1%" in verdict.reasons[0]
+    assert verdict.status == "fail" and "error_rate (error rate): canary - stable = +0.111" in verdict.reasons[0]
     assert ev.resets == resets
 
 

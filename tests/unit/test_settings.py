@@ -15,6 +15,7 @@ from healmesh.policies.canary import CanaryConfig
 from healmesh.policies.chain import ChainConfig
 from healmesh.policies.drift import DriftThresholds
 from healmesh.policies.retry_budget import RetryBudget, RetryBudgetConfig
+from healmesh.policies.sequential import JudgeConfig
 from healmesh.settings import Settings, _cgroup_cpu_limit, available_cpus, get_settings
 from healmesh.urls import local_address, local_redis_url, local_url
 
@@ -56,7 +57,8 @@ def test_a_nested_env_var_sets_the_breaker_the_gateway_builds(monkeypatch):
 def test_every_group_reads_its_env_vars(monkeypatch):
     monkeypatch.setenv("HEALMESH_RETRY_BUDGET__MIN_PER_WINDOW", "0")
     monkeypatch.setenv("HEALMESH_CANARY__STAGES", "[20, 100]")
-    monkeypatch.setenv("HEALMESH_CANARY__MIN_ERROR_SAMPLE", "30")  # could not be set before the tree
+    monkeypatch.setenv("HEALMESH_CANARY__MIN_QUALITY_LABELS", "300")  # could not be set before the tree
+    monkeypatch.setenv("HEALMESH_CANARY__JUDGE__ALPHA", "0.01")  # a group in a group
     monkeypatch.setenv("HEALMESH_DRIFT__MIN_QUALITY_LABELS", "50")  # nor this one
     monkeypatch.setenv("HEALMESH_RETRAIN__GATE__MARGIN", "0.02")
     monkeypatch.setenv("HEALMESH_ROLLOUT__PROMOTE_RETRIES", "1")
@@ -65,8 +67,8 @@ def test_every_group_reads_its_env_vars(monkeypatch):
     s = Settings()
     assert s.chain.deadline_s == 0.3 and s.chain.attempt_timeout_s == ChainConfig().attempt_timeout_s
     assert s.retry_budget.min_per_window == 0
-    assert s.canary.stages == (20, 100) and s.canary.min_error_sample == 30
-    assert s.canary.pass_sample == max(s.canary.min_requests, 30, s.canary.min_latency_sample)
+    assert s.canary.stages == (20, 100) and s.canary.min_quality_labels == 300
+    assert s.canary.judge.alpha == 0.01 and s.canary.judge.beta == JudgeConfig().beta
     assert s.drift.min_quality_labels == 50
     assert (s.retrain.gate.margin, s.rollout.promote_retries, s.feature_log.flush_batch) == (0.02, 1, 8)
     budget = RetryBudget(s.retry_budget, clock=Clock())
@@ -92,6 +94,12 @@ def test_an_invalid_value_names_the_field(monkeypatch):
     monkeypatch.delenv("HEALMESH_BREAKER__OPEN_WAIT_S")
     monkeypatch.setenv("HEALMESH_CANARY__STAGES", "[50, 10]")
     with pytest.raises(ValidationError, match=r"canary\n.*stages must rise strictly"):
+        Settings()
+
+
+def test_the_fixed_length_canary_settings_are_refused_with_the_judges_names(monkeypatch):
+    monkeypatch.setenv("HEALMESH_CANARY__DEADLINE_S", "180")
+    with pytest.raises(ValidationError, match="HEALMESH_CANARY__DEADLINE_S -> HEALMESH_CANARY__JUDGE__MAX_STAGE_S"):
         Settings()
 
 
