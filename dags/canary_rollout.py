@@ -3,7 +3,9 @@
 
 Rolls the `challenger` out as a canary of the XGBoost scorer: its canary slot loads the
 version, then stages (`HEALMESH_CANARY__STAGES`, default 10 % -> 50 % -> 100 % of the XGBoost
-share). Each stage is judged sequentially (anytime-valid tests, `HEALMESH_CANARY__JUDGE__*`):
+share), after a **shadow** stage (`HEALMESH_CANARY__SHADOW`, on by default) in which the challenger
+scores mirrored live traffic that no user sees, judged also on its disagreement with the champion.
+Each stage is judged sequentially (anytime-valid tests, `HEALMESH_CANARY__JUDGE__*`):
 canary against stable on error rate and log latency (the gateway's metrics, across gateway
 restarts) and on AUC, estimated from the served probabilities until labels arrive, then live. It
 passes once no metric is worse than its margin, rolls back once harm is proven, and rolls back
@@ -107,9 +109,21 @@ def canary_rollout():
         except RolloutFailed as exc:
             raise AirflowFailException(str(exc)) from exc
 
+    @task(task_id="shadow")
+    def shadow(prepared: dict, run_id=None) -> dict:
+        """Mirror live traffic to the challenger (no user sees its answers) and judge it first."""
+        from healmesh.lifecycle.airflow_tasks import rollout_shadow
+        from healmesh.lifecycle.rollout import RolloutFailed
+
+        try:
+            return rollout_shadow(prepared, run_id)
+        except RolloutFailed as exc:
+            raise AirflowFailException(str(exc)) from exc
+
     prepared = prepare()
-    previous = prepared
-    stages = []
+    mirrored = shadow(prepared)
+    previous = mirrored
+    stages = [mirrored]
     for percent in CONF["stages"]:
         current = stage_task(percent)(prepared)
         previous >> current

@@ -21,6 +21,8 @@ from healmesh.settings import Settings
 if TYPE_CHECKING:
     import httpx
 
+    from healmesh.models.bundle import Bundle
+
 
 @dataclass(frozen=True)
 class VersionRef:
@@ -143,6 +145,13 @@ def download_model(settings: Settings, name: str, version: str) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def load_version(settings: Settings, name: str, version: str) -> Bundle:
+    """The healmesh bundle of ``name`` version ``version`` (downloaded once, then from the cache)."""
+    from healmesh.models.bundle import find_bundle, load_bundle
+
+    return load_bundle(find_bundle(download_model(settings, name, version)))
 
 
 def download_reference(settings: Settings, run_id: str):  # -> pandas.DataFrame

@@ -25,6 +25,7 @@ from healmesh import bento_store, features, registry, rules, schema
 from healmesh.errors import InvalidData
 from healmesh.evaluation import choose_threshold, classification_metrics
 from healmesh.models.bundle import BundleMeta, save_bundle
+from healmesh.policies.estimation import Calibrator
 from healmesh.settings import Settings
 
 Progress = Callable[[str], None]
@@ -95,8 +96,10 @@ def fit_xgboost(train: pd.DataFrame, val: pd.DataFrame, seed: int) -> tuple[Any,
 
     Xv, yv = features.encode_frame(val), val[schema.LABEL].to_numpy()
     model = XGBoostModel.fit(features.encode_frame(train), train[schema.LABEL].to_numpy(), Xv, yv, seed=seed)
-    return model, BundleMeta(kind="xgboost", threshold=choose_threshold(yv, model.predict_proba(Xv)),
-                             params={"num_trees": model.booster.num_boosted_rounds()})
+    pv = model.predict_proba(Xv)
+    return model, BundleMeta(kind="xgboost", threshold=choose_threshold(yv, pv),
+                             params={"num_trees": model.booster.num_boosted_rounds()},
+                             calibrator=Calibrator.fit(yv, pv).to_dict())
 
 
 def fit_models(data: Split, config: TrainConfig, settings: Settings,
@@ -109,8 +112,10 @@ def fit_models(data: Split, config: TrainConfig, settings: Settings,
     X, y = features.encode_frame(data.train), data.train[schema.LABEL].to_numpy()
     Xv, yv = features.encode_frame(data.val), data.val[schema.LABEL].to_numpy()
     mlp = MLPModel.fit(X, y, Xv, yv, seed=config.seed, epochs=config.mlp_epochs, device=settings.torch_device)
-    meta = BundleMeta(kind="mlp", threshold=choose_threshold(yv, mlp.predict_proba(Xv)),
-                      params={"hidden": mlp.hidden, "dropout": mlp.dropout, "epochs": config.mlp_epochs})
+    pv = mlp.predict_proba(Xv)
+    meta = BundleMeta(kind="mlp", threshold=choose_threshold(yv, pv),
+                      params={"hidden": mlp.hidden, "dropout": mlp.dropout, "epochs": config.mlp_epochs},
+                      calibrator=Calibrator.fit(yv, pv).to_dict())
     out["mlp"] = (mlp, mlp.with_meta(meta))
     return out
 

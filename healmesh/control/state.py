@@ -14,7 +14,7 @@ from typing import Any
 from healmesh.errors import ChangeRejected, Conflict
 from healmesh.policies import routing
 from healmesh.policies.drift_decision import DriftDecision
-from healmesh.policies.rollout import RolloutStatus
+from healmesh.policies.rollout import ACTIVE, RolloutStatus
 from healmesh.policies.routing import Weights
 
 
@@ -32,6 +32,9 @@ class Shadow:
             raise ChangeRejected(f"shadow target must be one of {', '.join(routing.VARIANTS)}, but was {self.target!r}",
                                  "target")
         object.__setattr__(self, "target", routing.Variant(self.target))
+
+
+CANARY_SHADOW = Shadow(enabled=True, target=routing.XGB_CANARY)  # the rollout's shadow phase
 
 
 class RolloutRejected(ChangeRejected):
@@ -59,7 +62,8 @@ class Rollout:
 
 def check_rollout(new: Rollout, stages: tuple[int, ...]) -> None:
     """What a rollout must be in itself: ``running`` at one of the configured ``stages`` with a
-    canary version; every other phase at stage 0 (raises ``RolloutRejected``)."""
+    canary version; ``shadow`` at stage 0 with a canary version; every other phase at stage 0
+    (raises ``RolloutRejected``)."""
     if new.status is RolloutStatus.RUNNING:
         if new.stage not in stages:
             raise RolloutRejected(f"stage must be one of the configured stages {list(stages)}, but was {new.stage}",
@@ -68,6 +72,8 @@ def check_rollout(new: Rollout, stages: tuple[int, ...]) -> None:
             raise RolloutRejected("a running rollout needs a canary_version", "canary_version")
     elif new.stage != 0:
         raise RolloutRejected(f"status {new.status.value!r} rests at stage 0, but stage was {new.stage}", "stage")
+    elif new.status is RolloutStatus.SHADOW and not new.canary_version:
+        raise RolloutRejected("a shadow stage needs a canary_version", "canary_version")
 
 
 def check_rollout_change(current: Rollout, new: Rollout, stages: tuple[int, ...]) -> None:
@@ -76,8 +82,7 @@ def check_rollout_change(current: Rollout, new: Rollout, stages: tuple[int, ...]
     first). Every resting phase is reachable from any phase: a rollback or a failed promotion
     must always be possible, and repeating one is harmless."""
     check_rollout(new, stages)
-    if (new.status is RolloutStatus.RUNNING and current.status is RolloutStatus.RUNNING
-            and current.canary_version != new.canary_version):
+    if new.status in ACTIVE and current.status in ACTIVE and current.canary_version != new.canary_version:
         raise RolloutConflict(f"a rollout of v{current.canary_version} is running; end it (rolled_back or failed) "
                               f"before starting v{new.canary_version}")
 
@@ -151,8 +156,12 @@ def apply_change(state: ControlState, what: str, value: Any, stages: tuple[int, 
     if what == "rollout":
         rollout: Rollout = value
         check_rollout_change(state.rollout, rollout, stages)
+        # the shadow phase mirrors traffic to the canary, and leaving it stops the mirror (in the
+        # same change, so no worker routes by one without the other)
+        shadow = (CANARY_SHADOW if rollout.status is RolloutStatus.SHADOW
+                  else Shadow() if state.rollout.status is RolloutStatus.SHADOW else state.shadow)
         # the stage decides the stable/canary split of the XGBoost share
-        return replace(state, rollout=rollout, weights=weights_for_stage(state.weights, rollout.stage))
+        return replace(state, rollout=rollout, shadow=shadow, weights=weights_for_stage(state.weights, rollout.stage))
     raise ChangeRejected(f"unknown control part {what!r}")
 
 

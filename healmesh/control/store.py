@@ -119,5 +119,7 @@ def _routing(state: ControlState) -> dict[str, Any]:
 def _encode_part(state: ControlState, what: str) -> dict[str, str]:
     out = {what: json.dumps(_part(state, what))}
     if what == "rollout":
+        # a rollout change moves the canary's weight, and entering or leaving the shadow phase the mirror
         out["weights"] = json.dumps(state.weights.as_dict())
+        out["shadow"] = json.dumps(asdict(state.shadow))
     return out

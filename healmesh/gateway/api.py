@@ -39,6 +39,7 @@ from healmesh.gateway import alerts as alert_webhook
 from healmesh.gateway.core import GatewayCore, Saturated
 from healmesh.gateway.feature_log import LabelResult
 from healmesh.policies import routing
+from healmesh.policies.rollout import ACTIVE
 from healmesh.policies.routing import Weights, WeightsError
 from healmesh.settings import get_settings
 
@@ -413,7 +414,7 @@ def build_app() -> FastAPI:
             check_rollout(value, get_settings().canary.stages)  # before asking anyone anything
         except ChangeRejected as exc:
             raise _invalid(exc.field or "rollout", str(exc)) from None
-        if value.status is RolloutStatus.RUNNING and value.canary_version:
+        if value.status in ACTIVE and value.canary_version:
             await _version_registered(value.canary_version)
             await _canary_slot_serves(core, value.canary_version)
         return await _change(core, "rollout", value, change.expected_version, _who(change.who, x_healmesh_actor),

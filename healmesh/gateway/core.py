@@ -375,6 +375,10 @@ class GatewayCore:
     async def _shadow_call(self, target: str, rows: list[dict[str, Any]], out: list[dict[str, Any]]) -> None:
         body = json.dumps({"rows": rows}).encode()
         result = await self.upstreams[target].predict(body, len(rows), self.s.shadow_timeout_ms / 1000.0)
+        # a shadow call is a call to its upstream: counted with the primary calls (the rollout's
+        # shadow stage judges the canary's errors and latency on them)
+        self.metrics.upstream_calls.labels(target, result.outcome.value).inc()
+        self.metrics.upstream_latency.labels(target).observe(result.seconds)
         if result.outcome is not Outcome.OK:
             self.metrics.shadow_calls.labels("error").inc()
             return

@@ -57,6 +57,21 @@ async def _audit(core: Any, count: int = 10) -> list[dict[str, Any]]:
         return []
 
 
+def _stage(rollout: dict[str, Any]) -> str:
+    if rollout["status"] == "shadow":
+        return "shadow: 0 % of users, live traffic mirrored to the canary"
+    return f"{rollout['stage']}%"
+
+
+def _shadow(control: dict[str, Any], seen: dict[str, Any]) -> str:
+    if not control.get("enabled"):
+        return "off"
+    agreement = seen.get("agreement")
+    said = f"decisions agree with the primary's: {agreement:.1%}" if agreement is not None else "no answer compared yet"
+    return (f"mirrored to {_e(control['target'])}; {said}; {seen.get('in_flight', 0)} in flight, "
+            f"{seen.get('dropped', 0)} dropped (this worker)")
+
+
 def render(state: dict[str, Any], slots: dict[str, Any], audit: list[dict[str, Any]],
            events: list[dict[str, Any]]) -> str:
     control = state["control"]
@@ -113,8 +128,9 @@ Redis {'up' if fl['redis_up'] else 'DOWN'} · gateway worker <span id="worker">{
 <div class="card"><h2>Circuit breakers</h2><table><tr><th>upstream</th><th>state</th><th class='num'>capacity</th></tr>
 {breaker_rows}</table></div>
 <div class="card"><h2>Rollout</h2><table>
-<tr><td>stage</td><td id="rollout-stage">{rollout['stage']}%</td></tr>
+<tr><td>stage</td><td id="rollout-stage">{_stage(rollout)}</td></tr>
 <tr><td>status</td><td id="rollout-status">{_e(rollout['status'])}</td></tr>
+<tr><td>shadow</td><td id="shadow">{_shadow(control['shadow'], state.get('shadow') or {})}</td></tr>
 <tr><td>canary version</td><td id="canary-version">{_e(rollout['canary_version'] or '-')}</td></tr>
 <tr><td>note</td><td>{_e(rollout['note'] or '')}</td></tr></table>
 <h2 style="margin-top:.8rem">Models served (champion = stable)</h2><table>{slot_rows}</table></div>

@@ -86,6 +86,12 @@ def rollout_prepare(params: dict[str, Any], triggering_events: dict[Any, Any] | 
                    version=params.get("version"), event_version=_announced_version(triggering_events))
 
 
+def rollout_shadow(prepared: dict[str, Any], run_id: str) -> dict[str, Any]:
+    from healmesh.lifecycle.rollout import run_shadow
+
+    return run_shadow(get_settings(), mesh_client(), redis_client(), prepared["version"], holder=rollout_holder(run_id))
+
+
 def rollout_stage(prepared: dict[str, Any], stage: int, run_id: str) -> dict[str, Any]:
     from healmesh.lifecycle.rollout import run_stage
 

@@ -1,5 +1,7 @@
 """One drift check: the recent window against the champion's reference sample, decided by
-``policies.drift_alarm.decide`` with the champion's own feature importance and live quality.
+``policies.drift_alarm.decide`` with the champion's own feature importance, its performance
+estimated from its calibrated answers (CBPE, checked against the labels that came back), and its
+live quality.
 
 Writes the Evidently report (our decision and its reasons at the top), the JSON summary and the
 index; publishes the scores to the control state (the gateway exports them as metrics); records a
@@ -19,19 +21,18 @@ from healmesh.control.sync_store import SyncControlStore
 from healmesh.errors import NoModel
 from healmesh.lifecycle import reports
 from healmesh.lifecycle.window import attach_labels, labelled, read_window
-from healmesh.models.bundle import find_bundle, load_bundle
+from healmesh.models.bundle import Bundle
 from healmesh.models.xgb import XGBoostModel
 from healmesh.policies.drift import quality_check
-from healmesh.policies.drift_alarm import decide, scores_for_metrics
+from healmesh.policies.drift_alarm import decide, read_estimate, scores_for_metrics
 from healmesh.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def champion_importance(settings: Settings, name: str, version: str) -> dict[str, float] | None:
+def _importance(bundle: Bundle, name: str, version: str) -> dict[str, float] | None:
     """The served champion's share of total gain per feature; None when it has none to give (another
     model kind), and then the decision goes without the importance veto and says so."""
-    bundle = load_bundle(find_bundle(registry.download_model(settings, name, version)))
     if not isinstance(bundle.model, XGBoostModel):
         log.info("champion %s v%s is a %s model: drift is judged without feature importance", name, version,
                  bundle.meta.kind)
@@ -60,8 +61,13 @@ def run_drift_check(settings: Settings, redis: Any, *, window_records: int | Non
     mine = mine[(mine["model"] == "xgboost") & (mine["model_version"] == champion.version)]
     quality = quality_check(mine["is_fraud"].to_numpy(), mine["probability"].to_numpy(),
                             info.metrics.get("holdout_roc_auc"), t)
-    importance = champion_importance(settings, name, champion.version)
-    result = decide(reference, current, t, quality, importance=importance)
+    bundle = registry.load_version(settings, name, champion.version)
+    served = current[(current["model"] == "xgboost") & (current["model_version"] == champion.version)]
+    estimated = read_estimate(bundle.calibrator(), served["probability"].to_numpy(dtype=float),
+                              mine["is_fraud"].to_numpy(dtype=int), mine["probability"].to_numpy(dtype=float),
+                              info.metrics.get("holdout_roc_auc"), bundle.meta.threshold, t)
+    result = decide(reference, current, t, quality, importance=_importance(bundle, name, champion.version),
+                    estimated=estimated)
     checked_at = time.time()
     summary_path = reports.write_report(
         settings.drift_reports_dir, result, reference, current, checked_at=checked_at,
@@ -80,6 +86,8 @@ def run_drift_check(settings: Settings, redis: Any, *, window_records: int | Non
             "drifted_features": result.drifted_features, "reasons": list(result.reasons),
             "headline": result.headline,
             "live_auc": quality.live_auc, "holdout_auc": quality.reference_auc,
+            "estimated_auc": estimated.estimate.estimated_auc if estimated.estimate else None,
+            "estimate_note": estimated.note,
             "report": str(settings.drift_reports_dir / html_name), "summary": str(summary_path),
             "champion_version": champion.version, "seconds": seconds,
             # XComs are JSON: no NaN for a window without statistics

@@ -31,7 +31,7 @@ from healmesh.errors import HealmeshError, NoModel
 from healmesh.evaluation import classification_metrics
 from healmesh.lifecycle.report_ids import check_report_id, report_files
 from healmesh.lifecycle.window import attach_labels, labelled, read_window
-from healmesh.models.bundle import find_bundle, load_bundle, save_bundle
+from healmesh.models.bundle import save_bundle
 from healmesh.policies.gate import GateOutcome, gate_with_confidence
 from healmesh.policies.rollout import ChallengerStep, Lease, challenger_step
 from healmesh.settings import Settings
@@ -91,7 +91,7 @@ def run_retrain(settings: Settings, redis: Any, *, trigger: str, drift_check_id:
     data = build_training_set(recent, reference, settings, seed)
 
     model, meta = fit_xgboost(data.train, data.val, seed)
-    champion_bundle = load_bundle(find_bundle(registry.download_model(settings, name, champion.version)))
+    champion_bundle = registry.load_version(settings, name, champion.version)
     y = data.holdout[schema.LABEL].to_numpy()
     cand_scores = model.predict_proba(features.encode_frame(data.holdout))
     champ_scores = champion_bundle.predict_frame(data.holdout)

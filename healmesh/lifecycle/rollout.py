@@ -8,6 +8,9 @@ stop.
 - prepare: the version comes from the ``version`` param, else from the asset event that started
   the run (refused if ``challenger`` no longer points at it), else from ``challenger``; the
   XGBoost scorer loads it into its canary slot (reload now) and the slot is warmed up;
+- shadow (``canary.shadow``, on by default): the rollout's ``shadow`` phase mirrors live traffic to
+  the canary (no user sees its answers) and the judge reads its errors and latency, its estimated
+  quality and its disagreement with the champion before any user is routed to it;
 - each stage: the gateway gives the canary its percentage of the XGBoost share, then every
   ``check_every_s``: the lease must still be ours and the canary slot must still serve the version
   under test (else the stage fails at once), and the sequential judge (``healmesh.policies.canary``)
@@ -33,12 +36,14 @@ from healmesh.control.lease import LeaseStore
 from healmesh.control.state import RolloutStatus
 from healmesh.errors import LeaseLost, RolloutFailed
 from healmesh.lifecycle.mesh import MeshClient
-from healmesh.lifecycle.window import attach_labels, labelled, read_window
+from healmesh.lifecycle.window import attach_labels, labelled, read_shadow, read_window
 from healmesh.policies import canary as analysis
 from healmesh.policies import routing
 from healmesh.policies.breaker import State
+from healmesh.policies.estimation import Calibrator
 from healmesh.policies.evidence import CounterEvidence, Scrape
 from healmesh.policies.rollout import (
+    ACTIVE,
     PROMOTE_FAILED,
     ROLLOUT_ABORTED,
     STAGE_FAILED,
@@ -90,22 +95,44 @@ def prepare(settings: Settings, mesh: MeshClient, redis: Any, *, holder: str, ve
     return {"version": target, "champion": previous, "rollout": holder}
 
 
-def _answers(frame: Any, variant: str, since_wall: float) -> analysis.Answers:
+Calibrators = dict[str, Calibrator | None]  # variant -> its version's calibrator
+
+
+def _answers(frame: Any, variant: str, since_wall: float, calibrator: Calibrator | None) -> analysis.Answers:
+    """A variant's answers; the estimate reads them calibrated (as served when the version has no
+    calibrator), live AUC reads the scores as served (a rank statistic)."""
     part = frame[(frame["variant"] == variant) & (frame["ts"] >= since_wall)]
     done = labelled(part)
-    return analysis.Answers(part["probability"].to_numpy(dtype=float), done["probability"].to_numpy(dtype=float),
-                            done[schema.LABEL].to_numpy(dtype=int))
+    served = part["probability"].to_numpy(dtype=float)
+    return analysis.Answers(calibrator.apply(served) if calibrator else served,
+                            done["probability"].to_numpy(dtype=float), done[schema.LABEL].to_numpy(dtype=int))
 
 
 def _stage_quality(redis: Any, settings: Settings, stage_started: float, rollout_started: float,
-                   cfg: analysis.CanaryConfig) -> analysis.AucDiff | None:
-    """Canary answers of this stage against stable answers since the rollout started (at 100 %
-    stable serves nothing, and the champion does not change during a rollout)."""
+                   cfg: analysis.CanaryConfig, calibrators: Calibrators,
+                   shadow: bool) -> tuple[analysis.AucDiff | None, analysis.MeanDiff | None]:
+    """Canary answers of this stage (in the shadow stage: its shadow answers) against stable answers
+    since the rollout started (at 100 % stable serves nothing, and the champion does not change
+    during a rollout); in the shadow stage also the canary's disagreement with the champion."""
     since = min(stage_started, rollout_started)
     window = read_window(redis, settings.key_prefix, last_n=50_000, since_s=max(time.time() - since, 1.0))
     frame = attach_labels(redis, settings.key_prefix, window.frame)
-    return analysis.quality_evidence(_answers(frame, routing.XGB_CANARY, stage_started),
-                                     _answers(frame, routing.XGB_STABLE, rollout_started), cfg)
+    stable = _answers(frame, routing.XGB_STABLE, rollout_started, calibrators.get(routing.XGB_STABLE))
+    if not shadow:
+        canary = _answers(frame, routing.XGB_CANARY, stage_started, calibrators.get(routing.XGB_CANARY))
+        return analysis.quality_evidence(canary, stable, cfg), None
+    mirrored = read_shadow(redis, settings.key_prefix, since_wall=stage_started)
+    mirrored = attach_labels(redis, settings.key_prefix, mirrored[mirrored["variant"] == routing.XGB_CANARY])
+    canary = _answers(mirrored, routing.XGB_CANARY, stage_started, calibrators.get(routing.XGB_CANARY))
+    disagreed = int((~mirrored["agree"].astype(bool)).sum())
+    return analysis.quality_evidence(canary, stable, cfg), analysis.disagreement_evidence(len(mirrored), disagreed)
+
+
+def version_calibrator(settings: Settings) -> Callable[[str], Calibrator | None]:
+    def load(version: str) -> Calibrator | None:
+        return registry.load_version(settings, settings.xgb_registered_name, version).calibrator()
+
+    return load
 
 
 def _earlier_stages(redis: Any, prefix: str, holder: str,
@@ -125,24 +152,63 @@ def _canary_slot(mesh: MeshClient) -> str | None:
 
 def run_stage(settings: Settings, mesh: MeshClient, redis: Any, version: str, stage: int,
               cfg: analysis.CanaryConfig | None = None, *, holder: str, sleep: Callable[[float], None] = time.sleep,
-              clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> dict[str, Any]:
+              clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+              calibrator: Callable[[str], Calibrator | None] | None = None) -> dict[str, Any]:
+    """One canary stage: the canary takes ``stage`` % of the XGBoost share until the judge decides.
+    ``calibrator``: a version's calibrator (default: from its registered bundle)."""
+    return _judged(settings, mesh, redis, version, stage, cfg or settings.canary, holder=holder, sleep=sleep,
+                   clock=clock, wall=wall, calibrator=calibrator)
+
+
+def run_shadow(settings: Settings, mesh: MeshClient, redis: Any, version: str,
+               cfg: analysis.CanaryConfig | None = None, *, holder: str, sleep: Callable[[float], None] = time.sleep,
+               clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+               calibrator: Callable[[str], Calibrator | None] | None = None) -> dict[str, Any]:
+    """The shadow stage before the first: the gateway mirrors live traffic to the canary, whose
+    answers no user sees, until the judge decides on its errors, latency, estimated quality and
+    disagreement with the champion. Off (``HEALMESH_CANARY__SHADOW=false``): nothing happens."""
     cfg = cfg or settings.canary
+    if not cfg.shadow:
+        return {"stage": SHADOW_STAGE, "version": version,
+                "skipped": "the shadow stage is off (HEALMESH_CANARY__SHADOW)"}
+    return _judged(settings, mesh, redis, version, 0, cfg, holder=holder, sleep=sleep, clock=clock, wall=wall,
+                   calibrator=calibrator)
+
+
+SHADOW_STAGE = "shadow"
+
+
+def _judged(settings: Settings, mesh: MeshClient, redis: Any, version: str, stage: int, cfg: analysis.CanaryConfig,
+            *, holder: str, sleep: Callable[[float], None], clock: Callable[[], float], wall: Callable[[], float],
+            calibrator: Callable[[str], Calibrator | None] | None) -> dict[str, Any]:
+    """A stage (``stage`` 0: the shadow stage) held until the sequential judge passes or fails it."""
     prefix = settings.key_prefix
     leases = LeaseStore(redis, prefix)
+    shadow = stage == 0
+    name = "the shadow stage" if shadow else f"stage {stage}%"
 
     def guard(details: dict[str, Any]) -> None:
         """Fail the stage unless the lease is ours and the canary slot serves ``version``."""
         stop = stage_guard(leases.refresh(holder, settings.rollout.lease_ttl_s), holder, _canary_slot(mesh), version)
         if stop is not None:
-            events.record(redis, prefix, STAGE_FAILED, f"stage {stage}% failed: {stop.reason}",
+            events.record(redis, prefix, STAGE_FAILED, f"{name} failed: {stop.reason}",
                           **{**details, "status": analysis.StageStatus.FAIL, "reasons": [stop.reason]})
-            raise (LeaseLost if stop.kind is StopKind.LEASE_LOST else RolloutFailed)(f"stage {stage}%: {stop.reason}")
+            raise (LeaseLost if stop.kind is StopKind.LEASE_LOST else RolloutFailed)(f"{name}: {stop.reason}")
 
-    base = {"stage": stage, "version": version, "rollout": holder}
+    base: dict[str, Any] = {"stage": SHADOW_STAGE if shadow else stage, "version": version, "rollout": holder}
     guard(base)
+    load = calibrator or version_calibrator(settings)
+    stable_version = (mesh.xgboost_slots().get("stable") or {}).get("version")
+    calibrators: Calibrators = {routing.XGB_CANARY: load(version),
+                                routing.XGB_STABLE: load(stable_version) if stable_version else None}
+    base["calibrated"] = {variant: c is not None for variant, c in calibrators.items()}
     # taken before the routing change: a gateway started after this counts all its calls
     started_wall = wall()
-    mesh.set_rollout(stage, version, RolloutStatus.RUNNING, why=f"canary stage {stage}% for v{version}")
+    if shadow:
+        mesh.set_rollout(0, version, RolloutStatus.SHADOW, why=f"shadow stage for v{version}: it scores mirrored "
+                                                                 "traffic, no user sees its answers")
+    else:
+        mesh.set_rollout(stage, version, RolloutStatus.RUNNING, why=f"canary stage {stage}% for v{version}")
     rollout_started, earlier = _earlier_stages(redis, prefix, holder, started_wall)
     evidence = CounterEvidence(stage_started_at=started_wall)
     evidence.add(Scrape.parse(mesh.gateway_metrics()))
@@ -151,18 +217,20 @@ def run_stage(settings: Settings, mesh: MeshClient, redis: Any, version: str, st
         sleep(cfg.check_every_s)
         resets = evidence.add(Scrape.parse(mesh.gateway_metrics()))
         if resets:
-            events.record(redis, prefix, "counters_reset", f"stage {stage}%: the gateway's counters restarted; "
+            events.record(redis, prefix, "counters_reset", f"{name}: the gateway's counters restarted; "
                           f"{'; '.join(r.detail for r in resets)}", **base, resets=[r.as_dict() for r in resets])
         # after the scrape: what it counted was served while the guard still held
         guard({**base, "resets": [r.as_dict() for r in evidence.resets]})
         state = mesh.gateway_state()
         totals = evidence.totals
         stable_here = analysis.stats_from_increases(totals, routing.XGB_STABLE)
+        quality, disagreement = _stage_quality(redis, settings, started_wall, rollout_started, cfg, calibrators,
+                                               shadow)
         verdict = analysis.analyse(
             analysis.stats_from_increases(totals, routing.XGB_CANARY), analysis.pooled(stable_here, earlier),
             clock() - started, cfg,
             canary_breaker_open=state["breakers"][routing.XGB_CANARY]["state"] == State.OPEN,
-            quality=_stage_quality(redis, settings, started_wall, rollout_started, cfg))
+            quality=quality, disagreement=disagreement)
         if verdict.status is analysis.StageStatus.WAIT:
             continue
         details = {**base, "status": verdict.status, "reasons": list(verdict.reasons),
@@ -170,10 +238,9 @@ def run_stage(settings: Settings, mesh: MeshClient, redis: Any, version: str, st
                    # this stage's own stable calls: the next stages pool them (not the pooled total)
                    "stable": stable_here.as_dict(), "stable_pooled": verdict.details.get("stable")}
         if verdict.status is analysis.StageStatus.FAIL:
-            events.record(redis, prefix, STAGE_FAILED, f"stage {stage}% failed: {'; '.join(verdict.reasons)}",
-                          **details)
-            raise RolloutFailed(f"stage {stage}%: {'; '.join(verdict.reasons)}")
-        events.record(redis, prefix, "stage_passed", f"stage {stage}% passed: {verdict.reasons[0]}", **details)
+            events.record(redis, prefix, STAGE_FAILED, f"{name} failed: {'; '.join(verdict.reasons)}", **details)
+            raise RolloutFailed(f"{name}: {'; '.join(verdict.reasons)}")
+        events.record(redis, prefix, "stage_passed", f"{name} passed: {verdict.reasons[0]}", **details)
         return details
 
 
@@ -251,7 +318,7 @@ def abort(settings: Settings, mesh: MeshClient, redis: Any, why: str, who: str) 
     the rollout back now and record who and why."""
     lease = LeaseStore(redis, settings.key_prefix).break_()
     current = mesh.rollout()
-    if lease is None and current.get("status") != RolloutStatus.RUNNING:
+    if lease is None and current.get("status") not in ACTIVE:
         raise RolloutFailed("no rollout is running and none holds the lease: nothing to abort")
     version = (lease.version if lease else None) or current.get("canary_version")
     holder = lease.holder if lease else None

@@ -81,6 +81,33 @@ def read_window(redis: Any, prefix: str, *, last_n: int | None = 10_000, since_s
                   last_ts=float(frame["ts"].max()) if len(frame) else None)
 
 
+SHADOW_COLUMNS = ["request_id", "ts", "variant", "model_version", "probability", "predicted", "agree"]
+
+
+def read_shadow(redis: Any, prefix: str, *, since_wall: float, chunk: int = 5_000) -> pd.DataFrame:
+    """The shadow answers logged since ``since_wall`` (unix seconds), oldest first: the shadow
+    target's answer to a request the primary answered, and whether their decisions agreed."""
+    rows: list[dict[str, Any]] = []
+    upper = "+"
+    # stream ids start with their millisecond time: stop reading below the start
+    lower = f"{int(since_wall * 1000)}-0"
+    while True:
+        entries = redis.xrevrange(keys.stream(prefix), max=upper, min=lower, count=chunk)
+        for _, fields in entries:
+            rec = {_s(k): _s(v) for k, v in fields.items()}
+            if rec.get("kind") != "shadow" or float(rec["ts"]) < since_wall:
+                continue
+            data = json.loads(rec["data"])
+            rows.append({"request_id": rec["request_id"], "ts": float(rec["ts"]), "variant": data["variant"],
+                         "model_version": str(data["model_version"]), "probability": float(data["probability"]),
+                         "predicted": int(data["label"]), "agree": bool(data["agree"])})
+        if len(entries) < chunk:
+            break
+        upper = "(" + _s(entries[-1][0])
+    rows.reverse()
+    return pd.DataFrame(rows, columns=SHADOW_COLUMNS)
+
+
 def attach_labels(redis: Any, prefix: str, frame: pd.DataFrame, chunk: int = 2_000) -> pd.DataFrame:
     """Add ``is_fraud`` from the feedback labels (NaN where none arrived), one HMGET per minute
     hash and chunk, all in one pipeline."""

@@ -19,6 +19,7 @@ import pandas as pd
 
 from healmesh import features
 from healmesh.errors import HealmeshError
+from healmesh.policies.estimation import Calibrator
 
 META_FILE = "meta.json"
 
@@ -34,6 +35,10 @@ class BundleMeta:
     metrics: Mapping[str, float] = field(default_factory=dict)
     # framework-specific state the weights need (e.g. the MLP's scaler and layer sizes)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # scores -> calibrated probabilities, fitted on the validation rows (``policies.estimation.
+    # Calibrator.to_dict``): what performance estimation before labels (CBPE) reads; None in bundles
+    # trained before it existed
+    calibrator: Mapping[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -73,6 +78,9 @@ class Bundle:
 
     def predict_records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         return self.predict_proba(features.encode_records(records))
+
+    def calibrator(self) -> Calibrator | None:
+        return Calibrator.from_dict(dict(self.meta.calibrator)) if self.meta.calibrator else None
 
 
 def _adapter(kind: str) -> type[FraudModel]:

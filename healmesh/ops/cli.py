@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.set_defaults(func=cmd_demo_all)
     demo = demo_parser.add_subparsers(dest="demo")
     p = demo.add_parser("drift", help="drift -> report -> retrain -> register -> canary -> promote, via Airflow")
-    p.add_argument("--kind", choices=["covariate", "concept"], default="covariate")
+    p.add_argument("--kind", choices=["covariate", "concept"], default="concept")
     p.add_argument("--n", type=int, default=20_000, help="drifted transactions before the check")
     p.add_argument("--timeout", type=float, default=1_200.0, help="seconds to wait for the whole loop")
     p.set_defaults(func=cmd_demo_drift)

@@ -50,7 +50,22 @@ def _auc(result: traffic.TrafficResult, version: str | None) -> float | None:
     return round(auc, 4) if auc is not None else None
 
 
-def run(kind: str = "covariate", n: int = 20_000, timeout_s: float = 1_200.0) -> int:
+def _drift_decision(s: Any, since: float) -> tuple[str | None, str]:
+    """The decision and headline of the newest drift check recorded after ``since`` (unix seconds)."""
+    from healmesh.control import events
+    from healmesh.redis_conn import sync_client
+
+    client = sync_client(s)
+    try:
+        for e in events.recent(client, s.key_prefix, 200):
+            if e["kind"].startswith("drift_") and e["when"] >= since:
+                return e["kind"].removeprefix("drift_"), e["message"]
+    finally:
+        client.close()
+    return None, "no drift check recorded its decision"
+
+
+def run(kind: str = "concept", n: int = 20_000, timeout_s: float = 1_200.0) -> int:
     s = get_settings()
     gateway = local_url(s.gateway_port)
     line = Timeline()
@@ -75,21 +90,25 @@ def run(kind: str = "covariate", n: int = 20_000, timeout_s: float = 1_200.0) ->
     line.say(f"{kind} drift: {drifted.answered} answers, {drifted.labelled} labels, "
              f"old champion AUC under drift {auc_drifted}")
 
-    started = datetime.now(UTC).isoformat()
+    started, started_unix = datetime.now(UTC).isoformat(), time.time()
     run_id = af.trigger("drift_monitor", {"window_records": min(n, 10_000)})
     line.say(f"drift_monitor triggered ({run_id})")
     with traffic.Background(gateway, drift=drift, chunk=300, batch=1, concurrency=8, max_seconds=timeout_s) as bg:
         dm = af.wait("drift_monitor", run_id, timeout_s=300)
-        line.say(f"drift_monitor: {dm['state']}")
+        decision, headline = _drift_decision(s, started_unix)
+        line.say(f"drift_monitor: {dm['state']}; decision {decision}: {headline}")
         try:
-            rt = af.next_run_after("retrain", started, timeout_s=120)
-            line.say(f"retrain started by the drift asset ({rt['dag_run_id']})")
-            rt = af.wait("retrain", rt["dag_run_id"], timeout_s=600)
-            line.say(f"retrain: {rt['state']}")
-            cr = af.next_run_after("canary_rollout", started, timeout_s=120)
-            line.say(f"canary_rollout started by the challenger asset ({cr['dag_run_id']})")
-            cr = af.wait("canary_rollout", cr["dag_run_id"], timeout_s=timeout_s)
-            line.say(f"canary_rollout: {cr['state']}")
+            if decision != "drift":
+                line.say(f"the drift check decided {decision}: no retrain (its report says why)")
+            else:
+                rt = af.next_run_after("retrain", started, timeout_s=120)
+                line.say(f"retrain started by the drift asset ({rt['dag_run_id']})")
+                rt = af.wait("retrain", rt["dag_run_id"], timeout_s=600)
+                line.say(f"retrain: {rt['state']}")
+                cr = af.next_run_after("canary_rollout", started, timeout_s=120)
+                line.say(f"canary_rollout started by the challenger asset ({cr['dag_run_id']})")
+                cr = af.wait("canary_rollout", cr["dag_run_id"], timeout_s=timeout_s)
+                line.say(f"canary_rollout: {cr['state']}")
         except TimeoutError as exc:
             line.say(f"stopped waiting: {exc}")
     after = registry.version_by_alias(s, name, s.champion_alias)
@@ -99,6 +118,7 @@ def run(kind: str = "covariate", n: int = 20_000, timeout_s: float = 1_200.0) ->
     line.say(f"champion is now v{new}; AUC on the drifted traffic {auc_healed}; "
              f"client errors during the rollout: {sum(bg.result.errors.values())}")
     outcome = {"kind": kind, "old_champion": old, "new_champion": new, "promoted": new != old,
+               "drift_decision": decision, "drift_headline": headline,
                "auc_before_drift": auc_before, "auc_old_model_under_drift": auc_drifted,
                "auc_after_healing": auc_healed, "loop_seconds": line.steps[-1]["t"],
                "rollout_traffic": {"answered": bg.result.answered, "errors": dict(bg.result.errors),
@@ -110,4 +130,7 @@ def run(kind: str = "covariate", n: int = 20_000, timeout_s: float = 1_200.0) ->
     path.write_text(json.dumps(outcome, indent=2))
     print(json.dumps({k: v for k, v in outcome.items() if k != "timeline"}, indent=2))
     print(f"summary: {path}")
-    return 0 if outcome["promoted"] else 1
+    # a drift judged not worth a retrain is a finished loop too (the report says why); a retrain
+    # that did not end in a promotion is not
+    return 0 if outcome["promoted"] or decision not in ("drift", None) else 1
+

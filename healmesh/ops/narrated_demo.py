@@ -5,8 +5,13 @@
    supervisor starts the scorer again by itself (the kill and its return are marked on every
    plot); PyTorch is then made to fail too, and the fallback scorer answers; PyTorch heals:
    half-open, closed, the 80/20 split ramps back;
-3. drift is injected: drift report, retraining, canary, promotion (through Airflow);
-4. a bad challenger (errors on the canary slot): rolled back at the first stage.
+3. concept drift is injected (the old champion's live AUC falls): drift report, retraining, a
+   shadow stage (the challenger scores mirrored traffic no user sees), canary stages, promotion
+   (through Airflow); concept drift, because its heal can be proven on demo-sized traffic: a
+   challenger merely as good as the champion (covariate shift) needs far more labels than a demo
+   sends before the sequential judge may call it "not worse" (bench/results/decisions.md);
+4. a bad challenger (errors on the canary slot): rolled back in the shadow stage, before any user
+   is routed to it.
 
 Steady labelled traffic runs through all of it (127.0.0.1 only, bounded in time). Writes
 ``summary.md`` and PNG plots (traffic share by variant, latency, breaker states, drift
@@ -42,7 +47,7 @@ from healmesh.policies.breaker import State
 from healmesh.settings import get_settings
 from healmesh.urls import local_url
 
-COVARIATE = DRIFTS["covariate"]  # the same shift as `healmesh demo drift`
+CONCEPT = DRIFTS["concept"]  # the same drift as `healmesh demo drift --kind concept`
 
 
 class DemoFailed(HealmeshError, RuntimeError):
@@ -179,7 +184,11 @@ class Sampler:
             if before.breakers.get(upstream) != state:
                 self.on_change(f"  breaker {upstream}: {before.breakers.get(upstream)} -> {state}")
         if (before.stage, before.status) != (now.stage, now.status):
-            self.on_change(f"  rollout: {now.status}, canary at {now.stage}% of the XGBoost share")
+            if now.status == "shadow":
+                self.on_change("  rollout: shadow stage, live traffic mirrored to the challenger; no user sees "
+                               "its answers")
+            else:
+                self.on_change(f"  rollout: {now.status}, canary at {now.stage}% of the XGBoost share")
 
     def latest(self) -> Sample | None:
         return self.rec.samples[-1] if self.rec.samples else None
@@ -280,12 +289,12 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
             figures["seconds_from_kill_to_full_share"] = round(time.monotonic() - killed, 1) if back else None
             say(f"full 80/20 split back {figures['seconds_from_kill_to_full_share']}s after the XGBoost kill")
 
-        with episode("3. drift: report, retrain, canary, promotion"):
+        with episode("3. concept drift: report, retrain, shadow, canary, promotion"):
             name = s.xgb_registered_name
             old = registry.version_by_alias(s, name, s.champion_alias)
             figures["champion_before"] = old.version if old else None
-            steady.drift = COVARIATE
-            drifted = traffic.send_sync(gateway, 12_000, seed=808, drift=COVARIATE, batch=50)
+            steady.drift = CONCEPT
+            drifted = traffic.send_sync(gateway, 12_000, seed=808, drift=CONCEPT, batch=50)
             auc = drifted.auc("xgboost")
             say(f"{drifted.answered} drifted transactions with labels; old champion ROC AUC on them "
                 f"{'n/a' if auc is None else f'{auc:.3f}'}")
@@ -308,8 +317,11 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
             new = registry.version_by_alias(s, name, s.champion_alias)
             figures["champion_after"] = new.version if new else None
             say(f"canary_rollout {cr['state']}: champion v{figures['champion_before']} -> v{figures['champion_after']}")
+            figures["stages"] = _judged_stages(s)
+            for verdict in figures["stages"]:
+                say(f"  {verdict}")
 
-        with episode("4. a bad challenger is rolled back"):
+        with episode("4. a bad challenger is rolled back in the shadow stage"):
             bad = figures["champion_before"]
             httpx.put(f"{xgb}/admin/faults", headers=auth,
                       json={"error_rate": 1.0, "slot": "canary"})
@@ -338,6 +350,21 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
     write_results(out, rec, figures)
     print(f"summary: {out / 'summary.md'}")
     return 0 if figures["client_errors"] == 0 and "failed" not in figures else 1
+
+
+def _judged_stages(s: Any, count: int = 40) -> list[str]:
+    """What the judge said at each stage of the latest rollout (its events), oldest first."""
+    from healmesh.control import events
+    from healmesh.redis_conn import sync_client
+
+    client = sync_client(s)
+    try:
+        recent = events.recent(client, s.key_prefix, count)[::-1]  # newest first: turned around
+    finally:
+        client.close()
+    started = [i for i, e in enumerate(recent) if e["kind"] == "rollout_started"]
+    mine = recent[started[-1]:] if started else recent
+    return [e["message"] for e in mine if e["kind"] in ("stage_passed", "stage_failed")]
 
 
 def _buckets(rec: Recording, width: float = 2.0) -> dict[int, list[Reply]]:

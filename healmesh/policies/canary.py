@@ -9,8 +9,10 @@ Per stage, the judge reads three kinds of evidence, each a comparison of canary 
   bucket's calls at the middle of the bucket in log space, plus the spread of a value uniform in
   it, so both variants are read through the same buckets);
 - quality: live AUC with DeLong's variance where enough labels came back for both variants; until
-  then AUC estimated from the served probabilities (CBPE, ``healmesh.policies.estimation``), so
-  quality is judged before labels arrive. The estimate assumes the probabilities are calibrated.
+  then AUC estimated from each version's calibrated probabilities (CBPE,
+  ``healmesh.policies.estimation``), so quality is judged before labels arrive;
+- in the shadow stage also disagreement: the share of the challenger's decisions (fraud or not)
+  unlike the champion's on the same requests.
 
 An open canary breaker fails the stage at once. Otherwise the judge answers pass, rollback or
 continue, and a stage that stays undecided until its limit (calls or seconds) is rolled back:
@@ -45,6 +47,9 @@ class CanaryConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     stages: tuple[int, ...] = (10, 50, 100)
+    # a shadow stage before the first: the challenger scores mirrored live traffic, no user sees its
+    # answers; judged on errors, latency, estimated quality and disagreement with the champion
+    shadow: bool = True
     check_every_s: float = 5.0
     judge: JudgeConfig = Field(default=JudgeConfig())
     # labelled AUC replaces the estimate once both variants have this many labels and positives
@@ -242,24 +247,35 @@ def quality_evidence(canary: Answers, stable: Answers, cfg: CanaryConfig) -> Auc
     return None
 
 
+def disagreement_evidence(compared: int, disagreed: int) -> MeanDiff | None:
+    """The shadow stage's decisions unlike the champion's, against none (the champion agrees with
+    itself); None before two answers were compared."""
+    if compared < 2:
+        return None
+    return MeanDiff(Stream.bernoulli(compared, min(disagreed, compared)), Stream(compared, 0.0, 0.0))
+
+
 def evidence(canary: UpstreamStats, stable: UpstreamStats, elapsed_s: float,
-             quality: AucDiff | None = None) -> Evidence:
+             quality: AucDiff | None = None, disagreement: MeanDiff | None = None) -> Evidence:
     def latency(u: UpstreamStats) -> Stream:
         return u.log_latency or Stream(0, 0.0, 0.0)
 
     errors = MeanDiff(Stream.bernoulli(int(canary.calls), int(canary.failures)),
                       Stream.bernoulli(int(stable.calls), int(stable.failures)))
     return Evidence(canary_calls=int(canary.calls), elapsed_s=elapsed_s, error_rate=errors,
-                    latency=MeanDiff(latency(canary), latency(stable)), quality=quality)
+                    latency=MeanDiff(latency(canary), latency(stable)), quality=quality, disagreement=disagreement)
 
 
 def analyse(canary: UpstreamStats, stable: UpstreamStats, elapsed_s: float, cfg: CanaryConfig, *,
-            canary_breaker_open: bool = False, quality: AucDiff | None = None) -> Verdict:
+            canary_breaker_open: bool = False, quality: AucDiff | None = None,
+            disagreement: MeanDiff | None = None) -> Verdict:
     details: dict[str, Any] = {"canary": canary.as_dict(), "stable": stable.as_dict(),
-                               "elapsed_s": round(elapsed_s, 1), "quality": quality.__dict__ if quality else None}
+                               "elapsed_s": round(elapsed_s, 1), "quality": quality.__dict__ if quality else None,
+                               "disagreement": ({"compared": disagreement.canary.n,
+                                                 "rate": round(disagreement.canary.mean, 5)} if disagreement else None)}
     if canary_breaker_open:
         return Verdict(FAIL, ("the canary's circuit breaker is open",), details)
-    judged: Judgement = judge(evidence(canary, stable, elapsed_s, quality), cfg.judge)
+    judged: Judgement = judge(evidence(canary, stable, elapsed_s, quality, disagreement), cfg.judge)
     details["judge"] = judged.as_dict()
     status = {Outcome.PASS: PASS, Outcome.ROLLBACK: FAIL, Outcome.CONTINUE: WAIT}[judged.outcome]
     return Verdict(status, judged.reasons, details)

@@ -39,6 +39,15 @@ import numpy as np
 
 from healmesh.policies.drift import DriftThresholds, FeatureDrift, QualityCheck, feature_drift
 from healmesh.policies.drift_decision import DriftDecision
+from healmesh.policies.estimation import (
+    Calibrator,
+    CheckOutcome,
+    EstimateCheck,
+    EstimationConfig,
+    PerformanceEstimate,
+    compare,
+    estimate,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -255,6 +264,59 @@ def decide_alarm(features: Mapping[str, FeatureDrift], n_rows: int, row_hashes: 
     return DriftAlarm(outcome, headline, tuple(reasons), n_rows, tuple(ranked), traffic, carried, estimated_impact)
 
 
+@dataclass(frozen=True)
+class EstimateReading:
+    """The champion's performance estimated over the window (CBPE) and, where labels came back,
+    checked against them. ``impact`` is what the decision may use: None without an estimate, and
+    None when the labels contradict it (concept drift: calibration no longer holds)."""
+
+    estimate: PerformanceEstimate | None
+    check: EstimateCheck | None
+    impact: EstimatedImpact | None
+    note: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"estimate": asdict(self.estimate) if self.estimate else None,
+                "check": asdict(self.check) if self.check else None,
+                "impact": asdict(self.impact) if self.impact else None, "note": self.note}
+
+
+def read_estimate(calibrator: Calibrator | None, served: np.ndarray, labels: np.ndarray,
+                  labelled_served: np.ndarray, reference_auc: float | None, threshold: float,
+                  cfg: DriftThresholds, est_cfg: EstimationConfig | None = None) -> EstimateReading:
+    """``served``: the champion's probabilities over the window; ``labels``/``labelled_served``: those
+    of its answers whose label came back. The estimate needs the version's calibrator, the reference
+    (holdout) AUC and ``min_window`` answers."""
+    est_cfg = est_cfg or EstimationConfig()
+    if calibrator is None:
+        return EstimateReading(None, None, None, "no performance estimate: the champion has no calibrator "
+                                                 "(trained before healmesh stored one)")
+    if reference_auc is None or len(served) < cfg.min_window:
+        return EstimateReading(None, None, None, f"no performance estimate: {len(served):,} answers of the "
+                                                 f"champion (needs {cfg.min_window:,}) or no holdout AUC")
+    est = estimate(calibrator.apply(served), threshold, predictions=np.asarray(served) >= threshold)
+    if not (math.isfinite(est.estimated_auc) and math.isfinite(est.auc_se)):
+        return EstimateReading(None, None, None, "no performance estimate: the calibrated probabilities hold "
+                                                "one class only")
+    impact = EstimatedImpact(est.estimated_auc, reference_auc, est.auc_se)
+    line = (f"estimated AUC (CBPE, before labels) {est.estimated_auc:.3f} +- {est.auc_se:.3f} over "
+            f"{est.n:,} answers, precision {est.precision:.2f} and recall {est.recall:.2f} at the threshold; "
+            f"holdout AUC {reference_auc:.3f}")
+    if len(labels) == 0:
+        return EstimateReading(est, None, impact, line)
+    check = compare(est, labels, calibrator.apply(labelled_served), est_cfg)
+    if check.outcome is CheckOutcome.GAP:
+        assert check.realised_auc is not None and check.allowed is not None  # a GAP has both
+        return EstimateReading(est, check, None, f"{line}; but the {check.labels:,} labels that came back give AUC "
+                                                 f"{check.realised_auc:.3f} (gap {check.gap:+.3f}, allowed "
+                                                 f"{check.allowed:.3f}): concept drift, the estimate no longer "
+                                                 "holds and is not used")
+    if check.outcome is CheckOutcome.CONSISTENT:
+        return EstimateReading(est, check, impact, f"{line}; the labels that came back agree (AUC "
+                                                   f"{check.realised_auc:.3f}, {check.labels:,} labels)")
+    return EstimateReading(est, check, impact, f"{line}; too few labels yet to check it")
+
+
 def row_hashes(frame: pd.DataFrame) -> np.ndarray:
     """One hash per row over the model's features (what ``traffic_profile`` counts)."""
     import pandas as pd
@@ -275,6 +337,7 @@ class DriftResult:
     features: dict[str, FeatureDrift] = field(default_factory=dict)
     reasons: tuple[str, ...] = ()
     quality: QualityCheck | None = None
+    estimate: EstimateReading | None = None
 
     @property
     def drifted_features(self) -> list[str]:
@@ -294,7 +357,8 @@ class DriftResult:
                 "reference_size": self.reference_size, "share_drifted": self.share_drifted,
                 "drifted_features": self.drifted_features, "reasons": list(self.reasons),
                 "features": {k: asdict(v) for k, v in self.features.items()},
-                "quality": asdict(self.quality) if self.quality else None, "alarm": self.alarm.to_dict()}
+                "quality": asdict(self.quality) if self.quality else None, "alarm": self.alarm.to_dict(),
+                "estimate": self.estimate.to_dict() if self.estimate else None}
 
 
 _PUBLISHED = {AlarmOutcome.NO_DRIFT: DriftDecision.NO_DRIFT, AlarmOutcome.DRIFT_RETRAIN: DriftDecision.DRIFT,
@@ -305,12 +369,15 @@ _PUBLISHED = {AlarmOutcome.NO_DRIFT: DriftDecision.NO_DRIFT, AlarmOutcome.DRIFT_
 
 def decide(reference: pd.DataFrame, current: pd.DataFrame, t: DriftThresholds, quality: QualityCheck | None = None,
            importance: Mapping[str, float] | None = None,
-           estimated_impact: EstimatedImpact | None = None) -> DriftResult:
+           estimated: EstimateReading | None = None) -> DriftResult:
     """The drift check's decision on ``current`` against ``reference`` (DRIFT is the one that retrains)."""
     n = len(current)
     features = feature_drift(reference, current) if n >= t.min_window else {}
-    alarm = decide_alarm(features, n, row_hashes(current) if n else None, importance, estimated_impact, t)
+    impact = estimated.impact if estimated else None
+    alarm = decide_alarm(features, n, row_hashes(current) if n else None, importance, impact, t)
     decision, headline, reasons = _PUBLISHED[alarm.outcome], alarm.headline, list(alarm.reasons)
+    if estimated is not None and not (impact is not None and alarm.drifted):
+        reasons.append(estimated.note)  # a drift judged with the impact has the alarm's own line on it
     judged = alarm.outcome not in (AlarmOutcome.INSUFFICIENT_DATA, AlarmOutcome.ANOMALOUS_TRAFFIC)
     if judged and quality is not None and quality.dropped:
         line = (f"live AUC {quality.live_auc:.3f} is more than {t.auc_drop} under the holdout AUC "
@@ -318,7 +385,7 @@ def decide(reference: pd.DataFrame, current: pd.DataFrame, t: DriftThresholds, q
         reasons.append(line)
         decision = DriftDecision.DRIFT
         headline = f"Drift, retrain: the champion's {line}. Features: {alarm.headline}"
-    return DriftResult(decision, n, len(reference), headline, alarm, features, tuple(reasons), quality)
+    return DriftResult(decision, n, len(reference), headline, alarm, features, tuple(reasons), quality, estimated)
 
 
 def scores_for_metrics(result: DriftResult) -> Mapping[str, Mapping[str, float]]:

@@ -23,15 +23,20 @@ from typing import Any
 
 class RolloutStatus(StrEnum):
     """The phase of the canary rollout. ``running`` is the only phase with canary traffic;
-    the others are resting phases at stage 0 (``failed``: a promotion that could not finish,
-    the mesh put back on the champion)."""
+    ``shadow`` (stage 0, before the first stage) mirrors live traffic to the canary, whose answers
+    no user sees; the others are resting phases at stage 0 (``failed``: a promotion that could not
+    finish, the mesh put back on the champion)."""
 
     IDLE = "idle"
+    SHADOW = "shadow"
     RUNNING = "running"
     PROMOTED = "promoted"
     ROLLED_BACK = "rolled_back"
     FAILED = "failed"
 
+
+# the phases with a version under test (one at a time)
+ACTIVE = frozenset({RolloutStatus.SHADOW, RolloutStatus.RUNNING})
 
 # the event kinds the plan reads (recorded by rollout.py)
 STAGE_FAILED = "stage_failed"

@@ -55,6 +55,7 @@ class Metric(StrEnum):
     ERROR_RATE = "error_rate"
     LATENCY = "latency"  # mean of log latency
     QUALITY = "quality"  # mean log-loss, or AUC (labelled or estimated)
+    DISAGREEMENT = "disagreement"  # share of decisions unlike the champion's (the shadow stage)
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,9 @@ class Evidence:
     error_rate: MeanDiff | None = None
     latency: MeanDiff | None = None  # streams of log(latency seconds)
     quality: QualityEvidence | None = None
+    # the shadow stage: canary = its disagreements with the champion (Bernoulli), stable = none; the
+    # metric is required whenever it is given
+    disagreement: MeanDiff | None = None
 
 
 class JudgeConfig(BaseModel):
@@ -152,6 +156,9 @@ class JudgeConfig(BaseModel):
     latency_margin: float = math.log(1.25)
     auc_margin: float = 0.01
     logloss_margin: float = 0.02
+    # a retrained challenger is meant to decide some transactions differently (a concept-drift heal
+    # does); proven disagreement on over 10 % of decisions is a different model, not a retrain
+    disagreement_margin: float = 0.10
     # 0.05, not the margin: a small tau tunes the mixture to small effects and then 20 % errors in 100
     # calls stay undecided (radius 0.41 at tau 0.01; 0.135 at tau 0.05, so ROLLBACK)
     error_tau: float | None = 0.05
@@ -161,6 +168,7 @@ class JudgeConfig(BaseModel):
     # positives); equal or 2-points-worse canaries need about 20 % more calls to be decided
     auc_tau: float | None = 0.05
     logloss_tau: float | None = None
+    disagreement_tau: float | None = None
     require_quality: bool = True  # labels or estimates are expected; False: judged only if given
     min_pass_samples: int = 200  # canary samples a metric needs before it may pass
     max_canary_calls: int = 200_000
@@ -174,9 +182,9 @@ class JudgeConfig(BaseModel):
 
         need(0 < self.alpha < 1, "alpha must be in (0, 1)", self.alpha)
         need(0 < self.beta < 1, "beta must be in (0, 1)", self.beta)
-        for name in ("error_margin", "latency_margin", "auc_margin", "logloss_margin"):
+        for name in ("error_margin", "latency_margin", "auc_margin", "logloss_margin", "disagreement_margin"):
             need(getattr(self, name) > 0, f"{name} must be > 0", getattr(self, name))
-        for name in ("error_tau", "latency_tau", "auc_tau", "logloss_tau"):
+        for name in ("error_tau", "latency_tau", "auc_tau", "logloss_tau", "disagreement_tau"):
             value = getattr(self, name)
             need(value is None or value > 0, f"{name} must be > 0", value)
         need(self.min_pass_samples >= 2, "min_pass_samples must be >= 2", self.min_pass_samples)
@@ -237,6 +245,7 @@ class Judgement:
 
 
 _UNITS = {"error": "error rate", "latency": "log latency", "logloss": "log-loss", "auc": "AUC drop",
+          "disagreement": "share of decisions unlike the champion's",
           "estimated_auc": "estimated AUC drop (CBPE, no labels)"}
 
 
@@ -250,7 +259,8 @@ def judge_metric(metric: Metric, ev: MeanDiff | AucDiff | None, cfg: JudgeConfig
         kind = "estimated_auc" if ev.estimated else "auc"
         margin, tau = cfg.margin_tau("auc")
     else:
-        kind = {Metric.ERROR_RATE: "error", Metric.LATENCY: "latency", Metric.QUALITY: "logloss"}[metric]
+        kind = {Metric.ERROR_RATE: "error", Metric.LATENCY: "latency", Metric.QUALITY: "logloss",
+                Metric.DISAGREEMENT: "disagreement"}[metric]
         margin, tau = cfg.margin_tau(kind)
     d, v, n = ev.delta()
     lower, upper = d - cs_radius(v, tau, alpha_m), d + cs_radius(v, tau, beta_m)
@@ -271,8 +281,10 @@ def judge(evidence: Evidence, cfg: JudgeConfig) -> Judgement:
     """The stage's answer now: ROLLBACK if any metric proves harm; PASS if every required metric
     proves no harm; ROLLBACK at the stage's limit when undecided; else CONTINUE."""
     streams: dict[Metric, MeanDiff | AucDiff | None] = {
-        Metric.ERROR_RATE: evidence.error_rate, Metric.LATENCY: evidence.latency, Metric.QUALITY: evidence.quality}
-    required = {Metric.ERROR_RATE, Metric.LATENCY} | ({Metric.QUALITY} if cfg.require_quality else set())
+        Metric.ERROR_RATE: evidence.error_rate, Metric.LATENCY: evidence.latency, Metric.QUALITY: evidence.quality,
+        Metric.DISAGREEMENT: evidence.disagreement}
+    required = ({Metric.ERROR_RATE, Metric.LATENCY} | ({Metric.QUALITY} if cfg.require_quality else set())
+                | ({Metric.DISAGREEMENT} if evidence.disagreement is not None else set()))
     judged = [m for m in Metric if m in required or streams[m] is not None]
     # Bonferroni over the metrics that can act: each sequence is valid on its own, a union bound joins them
     k = len(judged)

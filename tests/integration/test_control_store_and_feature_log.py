@@ -63,6 +63,25 @@ def test_a_change_bumps_the_version_and_is_audited_once(redis_srv, prefix):
     assert audit[0]["after"]["pytorch"] == pytest.approx(0.5)
 
 
+def test_the_shadow_phase_reaches_redis_with_its_mirror_and_leaving_it_stops_the_mirror(redis_srv, prefix):
+    """What a worker routes by is what it reads back from Redis: the rollout change into the shadow
+    phase must store the mirror with it (a first wiring stored only rollout and weights, and no
+    shadow call was ever made: the lifecycle's shadow stage saw 0 canary calls in 120 s)."""
+    async def go() -> tuple[Any, Any]:
+        store = ControlStore(client(redis_srv.port), prefix)
+        await store.change("rollout", Rollout(0, "5", RolloutStatus.SHADOW), who="t", why="shadow")
+        shadowing = await store.read()
+        await store.change("rollout", running("5"), who="t", why="stage 10")
+        first_stage = await store.read()
+        await store.redis.aclose()
+        return shadowing, first_stage
+
+    shadowing, first_stage = asyncio.run(go())
+    assert shadowing.rollout.status is RolloutStatus.SHADOW
+    assert shadowing.shadow.enabled and shadowing.shadow.target == routing.XGB_CANARY
+    assert first_stage.rollout.stage == 10 and not first_stage.shadow.enabled
+
+
 def test_an_expected_version_that_is_not_the_current_one_changes_nothing(redis_srv, prefix):
     async def go() -> tuple[Any, list[dict[str, Any]]]:
         store = ControlStore(client(redis_srv.port), prefix)

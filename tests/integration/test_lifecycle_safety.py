@@ -145,6 +145,9 @@ def mesh(scorers, redis_srv, session_dir: Path) -> Iterator[Mesh]:
                 # the lifecycle module): every candidate of these 2,000 labels passes
                 **PASS_EVERY_CANDIDATE,
                 **FAST_CANARY,  # nor the judge's quality: v1 and v2 rank equally well
+                # the stage mechanics (lease, slot, abort) are tried at stage 10; the shadow stage in
+                # the lifecycle module
+                "HEALMESH_CANARY__SHADOW": "false",
                 "HEALMESH_CHALLENGER_POKE_S": "1", "HEALMESH_CHALLENGER_WAIT_S": "600",
                 # read when the DAG file is parsed: short backoff for promote, room for MLflow to come back
                 "HEALMESH_ROLLOUT__PROMOTE_RETRIES": "2", "HEALMESH_ROLLOUT__ROLLBACK_RETRIES": "12",

@@ -122,3 +122,38 @@ def test_a_poll_read_older_than_this_workers_change_is_ignored():
     # nothing changed here while reading: the read wins, even a lower version (Redis emptied)
     emptied = ControlState(version=0)
     assert state_after_read(held, held, emptied) is emptied
+
+
+def test_the_shadow_phase_mirrors_to_the_canary_and_leaving_it_stops_the_mirror():
+    from healmesh.control.state import (
+        CANARY_SHADOW,
+        ChangeConflict,
+        ControlState,
+        Rollout,
+        RolloutRejected,
+        RolloutStatus,
+        Shadow,
+        apply_change,
+    )
+    from healmesh.policies import routing
+
+    stages = (10, 50, 100)
+    with pytest.raises(RolloutRejected, match="a shadow stage needs a canary_version"):
+        apply_change(ControlState(), "rollout", Rollout(0, None, RolloutStatus.SHADOW), stages)
+    with pytest.raises(RolloutRejected, match="rests at stage 0"):
+        apply_change(ControlState(), "rollout", Rollout(10, "3", RolloutStatus.SHADOW), stages)
+    user_mirror = apply_change(ControlState(), "shadow", Shadow(True, routing.PYTORCH), stages)
+    shadowing = apply_change(user_mirror, "rollout", Rollout(0, "3", RolloutStatus.SHADOW), stages)
+    assert shadowing.shadow == CANARY_SHADOW and shadowing.weights.get(routing.XGB_CANARY) == 0
+    with pytest.raises(ChangeConflict, match="a rollout of v3 is running"):
+        apply_change(shadowing, "rollout", Rollout(10, "4", RolloutStatus.RUNNING), stages)
+    with pytest.raises(ChangeConflict, match="no rollout is running"):
+        apply_change(shadowing, "weights", {**routing.DEFAULT.as_dict(), routing.XGB_STABLE: 0.4,
+                                            routing.XGB_CANARY: 0.4}, stages)
+    first = apply_change(shadowing, "rollout", Rollout(10, "3", RolloutStatus.RUNNING), stages)
+    assert first.shadow == Shadow() and first.weights.get(routing.XGB_CANARY) > 0
+    ended = apply_change(shadowing, "rollout", Rollout(0, None, RolloutStatus.ROLLED_BACK), stages)
+    assert not ended.shadow.enabled
+    # a mirror set by hand outside a rollout's shadow phase is left alone by rollout changes
+    kept = apply_change(user_mirror, "rollout", Rollout(10, "3", RolloutStatus.RUNNING), stages)
+    assert kept.shadow == Shadow(True, routing.PYTORCH)

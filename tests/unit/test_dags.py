@@ -31,4 +31,5 @@ def test_the_three_dags_parse_thin_and_documented():
     assert all(d["doc"] > 200 and d["params"] for d in dags.values()), dags
     assert "Asset" in dags["retrain"]["timetable"] and "Asset" in dags["canary_rollout"]["timetable"]
     tasks = dags["canary_rollout"]["tasks"]
-    assert tasks[:4] == ["prepare", "stage_10", "stage_50", "stage_100"] and {"promote", "rollback"} <= set(tasks)
+    assert tasks[:5] == ["prepare", "shadow", "stage_10", "stage_50", "stage_100"]
+    assert {"promote", "rollback"} <= set(tasks)

@@ -132,7 +132,7 @@ def test_the_label_results_are_the_strings_the_api_answers():
 
 def test_the_enum_values_are_the_strings_on_the_wire():
     assert list(routing.VARIANTS) == ["xgboost_stable", "xgboost_canary", "pytorch"]
-    assert [s.value for s in RolloutStatus] == ["idle", "running", "promoted", "rolled_back", "failed"]
+    assert [s.value for s in RolloutStatus] == ["idle", "shadow", "running", "promoted", "rolled_back", "failed"]
     assert [s.value for s in State] == ["closed", "open", "half_open"]
     assert [d.value for d in DriftDecision] == ["drift", "drift_reported", "anomalous_traffic", "no_drift",
                                                "insufficient_data", "none"]

@@ -59,3 +59,22 @@ def test_a_report_name_linking_out_of_the_directory_is_refused(reports, tmp_path
     (directory / "20260102T000000Z_v2.html").symlink_to(tmp_path / "secret.html")
     r = client.get("/reports/20260102T000000Z_v2.html")
     assert r.status_code == 404 and "outside" not in r.text
+
+
+def test_the_rollouts_shadow_stage_is_shown_with_the_mirror_and_its_agreement():
+    from healmesh.control.state import ControlState, Rollout, RolloutStatus, apply_change
+    from healmesh.gateway.status_page import render
+
+    stages = (10, 50, 100)
+    control = apply_change(ControlState(), "rollout", Rollout(0, "4", RolloutStatus.SHADOW), stages)
+    state = {"control": control.describe(), "effective_weights": control.weights.as_dict(), "breakers": {},
+             "feature_log": {"written": 0, "buffered": 0, "dropped": 0, "redis_up": True},
+             "shadow": {"in_flight": 2, "dropped": 0, "agreement": 0.987}, "worker": {"instance_id": "w1"}}
+    page = render(state, {}, [], [])
+    assert '<td id="rollout-status">shadow</td>' in page
+    assert "shadow: 0 % of users, live traffic mirrored to the canary" in page
+    assert "mirrored to xgboost_canary; decisions agree with the primary's: 98.7%" in page
+    # the first stage ends the mirror in the same change
+    running = apply_change(control, "rollout", Rollout(10, "4", RolloutStatus.RUNNING), stages)
+    page = render({**state, "control": running.describe()}, {}, [], [])
+    assert '<td id="rollout-stage">10%</td>' in page and '<td id="shadow">off</td>' in page

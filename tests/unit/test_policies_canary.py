@@ -128,3 +128,17 @@ def test_canary_config_is_validated():
     with pytest.raises(ValueError, match="interval_s"):
         CanaryConfig(interval_s=60)  # the fixed-length stage is gone: the judge decides when
     assert CanaryConfig(judge={"alpha": 0.01}).judge.alpha == 0.01
+
+
+def test_the_shadow_stage_judges_disagreement_with_the_champion_and_needs_it_to_pass():
+    from healmesh.policies.canary import disagreement_evidence
+
+    assert disagreement_evidence(1, 0) is None
+    fine = analyse(_stats(2_000, 0), STABLE, 30, NO_QUALITY, disagreement=disagreement_evidence(2_000, 40))
+    assert fine.status == "pass" and fine.details["disagreement"] == {"compared": 2_000, "rate": 0.02}
+    assert fine.details["judge"]["metrics"]["disagreement"]["outcome"] == "pass"
+    other = analyse(_stats(2_000, 0), STABLE, 30, NO_QUALITY, disagreement=disagreement_evidence(2_000, 600))
+    assert other.status == "fail" and "disagreement (share of decisions unlike the champion's)" in other.reasons[0]
+    # required once given: too few compared answers keep an otherwise healthy shadow stage waiting
+    few = analyse(_stats(2_000, 0), STABLE, 30, NO_QUALITY, disagreement=disagreement_evidence(50, 1))
+    assert few.status == "wait" and any(r.startswith("disagreement") for r in few.reasons)

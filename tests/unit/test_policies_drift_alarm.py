@@ -159,3 +159,69 @@ def test_config_is_frozen_and_inputs_are_checked():
         decide_alarm(FEATS, 2_000, None, {"other": 1.0})
     with pytest.raises(ValueError, match="estimated_auc"):
         EstimatedImpact(1.2, 0.9, 0.01)
+
+
+# --- performance estimated before labels (CBPE) in the drift decision -----------------------
+
+def _world(n: int, seed: int, concept: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of a model whose probabilities ``p`` are true (labels ~ Bernoulli(p)); under concept
+    drift the labels follow another rule, so the scores no longer say who is fraud."""
+    rng = np.random.default_rng(seed)
+    p = rng.beta(0.5, 8, n)
+    y = rng.random(n) < (rng.permutation(p) if concept else p)
+    return p, y.astype(int)
+
+
+def test_the_estimate_needs_a_calibrator_and_enough_answers():
+    from healmesh.policies.drift_alarm import read_estimate
+    from healmesh.policies.estimation import Calibrator
+
+    p, y = _world(5_000, 1)
+    none = read_estimate(None, p, y[:0], p[:0], 0.8, 0.5, CFG)
+    assert none.impact is None and "no calibrator" in none.note
+    cal = Calibrator.fit(y, p)
+    few = read_estimate(cal, p[:100], y[:0], p[:0], 0.8, 0.5, CFG)
+    assert few.impact is None and "needs 500" in few.note
+    no_ref = read_estimate(cal, p, y[:0], p[:0], None, 0.5, CFG)
+    assert no_ref.impact is None
+
+
+def test_labels_that_agree_keep_the_estimate_and_labels_that_contradict_it_drop_it():
+    from sklearn.metrics import roc_auc_score
+
+    from healmesh.policies.drift_alarm import read_estimate
+    from healmesh.policies.estimation import Calibrator
+
+    ref_p, ref_y = _world(20_000, 2)
+    cal = Calibrator.fit(ref_y, ref_p)
+    holdout_auc = float(roc_auc_score(ref_y, ref_p))
+    p, y = _world(10_000, 3)
+    agreed = read_estimate(cal, p, y[:3_000], p[:3_000], holdout_auc, 0.5, CFG)
+    assert agreed.check.outcome == "consistent" and agreed.impact is not None
+    assert abs(agreed.impact.estimated_auc - holdout_auc) < 0.02 and not agreed.impact.hurts(CFG)
+    p, y = _world(10_000, 4, concept=True)  # the scores look as confident as ever; the labels disagree
+    drifted = read_estimate(cal, p, y[:3_000], p[:3_000], holdout_auc, 0.5, CFG)
+    assert drifted.estimate.estimated_auc > 0.75  # CBPE alone cannot see concept drift
+    assert drifted.check.outcome == "gap" and drifted.impact is None
+    assert "concept drift, the estimate no longer holds" in drifted.note
+
+
+def test_an_estimate_the_labels_contradict_cannot_veto_a_retrain(frame):
+    """The drift check's whole decision: an important drift that the estimate says is harmless is
+    only reported; the same drift, with labels contradicting the estimate, is not vetoed by it."""
+    from healmesh.policies.drift_alarm import EstimateReading, decide
+    from healmesh.policies.estimation import CheckOutcome, EstimateCheck, PerformanceEstimate
+
+    reference = frame.sample(3_000, replace=True, random_state=1).reset_index(drop=True)
+    current = frame.sample(3_000, replace=True, random_state=2).reset_index(drop=True)
+    current["distance_from_last_txn_km"] = current["distance_from_last_txn_km"] * 6 + 50
+    importance = {"distance_from_last_txn_km": 0.5, "amount": 0.5}
+    est = PerformanceEstimate(3_000, 0.97, 0.005, 0.5, 0.5, 0.5, 60.0)
+    harmless = EstimateReading(est, None, EstimatedImpact(0.97, 0.97, 0.005), "estimated AUC 0.970")
+    reported = decide(reference, current, CFG, importance=importance, estimated=harmless)
+    assert reported.decision == "drift_reported" and "estimated AUC 0.970" in reported.headline
+    gap = EstimateCheck(CheckOutcome.GAP, 0.97, 0.80, -0.17, 0.05, 3_000, 60)
+    contradicted = EstimateReading(est, gap, None, "the estimate no longer holds and is not used")
+    retrained = decide(reference, current, CFG, importance=importance, estimated=contradicted)
+    assert retrained.decision == "drift" and "the estimate no longer holds" in " ".join(retrained.reasons)
+    assert retrained.to_dict()["estimate"]["check"]["outcome"] == "gap"
