@@ -240,7 +240,8 @@ def _judged(settings: Settings, mesh: MeshClient, redis: Any, version: str, stag
         if verdict.status is analysis.StageStatus.FAIL:
             events.record(redis, prefix, STAGE_FAILED, f"{name} failed: {'; '.join(verdict.reasons)}", **details)
             raise RolloutFailed(f"{name}: {'; '.join(verdict.reasons)}")
-        events.record(redis, prefix, "stage_passed", f"{name} passed: {verdict.reasons[0]}", **details)
+        events.record(redis, prefix, "stage_passed", f"{name} passed after {details['elapsed_s']:.0f}s: "
+                      f"{details['judge']['brief']}", **details)
         return details
 
 

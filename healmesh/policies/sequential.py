@@ -237,13 +237,27 @@ class Judgement:
     reasons: tuple[str, ...]
     metrics: Mapping[Metric, MetricJudgement] = field(default_factory=dict)
 
+    def brief(self) -> str:
+        """One line over every judged metric: its difference (larger = canary worse), the sequences'
+        bounds and the margin, e.g. ``error rate +0 [-0.0047, +0.0047] < 0.01 (595)``."""
+        parts = []
+        for j in self.metrics.values():
+            if j.delta is None or j.lower is None or j.upper is None:
+                parts.append(f"{j.metric.value}: no evidence")
+                continue
+            parts.append(f"{_SHORT[j.kind]} {j.delta:+.3g} [{j.lower:+.3g}, {j.upper:+.3g}] vs {j.margin:.3g} "
+                         f"({j.samples})")
+        return "; ".join(parts)
+
     def as_dict(self) -> dict[str, Any]:
-        return {"outcome": self.outcome.value, "reasons": list(self.reasons),
+        return {"outcome": self.outcome.value, "reasons": list(self.reasons), "brief": self.brief(),
                 "metrics": {m.value: {"outcome": j.outcome.value, "delta": j.delta, "lower": j.lower,
                                       "upper": j.upper, "margin": j.margin, "samples": j.samples,
                                       "kind": j.kind} for m, j in self.metrics.items()}}
 
 
+_SHORT = {"error": "error rate", "latency": "log latency", "logloss": "log-loss", "auc": "AUC drop (live)",
+          "estimated_auc": "AUC drop (estimated)", "disagreement": "disagreement"}
 _UNITS = {"error": "error rate", "latency": "log latency", "logloss": "log-loss", "auc": "AUC drop",
           "disagreement": "share of decisions unlike the champion's",
           "estimated_auc": "estimated AUC drop (CBPE, no labels)"}

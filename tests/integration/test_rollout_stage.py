@@ -132,6 +132,8 @@ def test_a_healthy_canary_passes_once_the_judge_has_seen_enough(stage):
     assert kinds(r, prefix)[0] == "stage_passed"
     passed = [e for e in events.recent(r, prefix, 5) if e["kind"] == "stage_passed"][0]
     assert passed["data"]["stable"]["sums"]["calls"] == 30 * checks  # what the next stages pool
+    # the event says what every metric showed, not only the first
+    assert "error rate +0 [" in passed["message"] and "log latency +0 [" in passed["message"], passed["message"]
 
 
 def test_a_failing_canary_is_rolled_back_within_a_few_checks(stage):

@@ -142,3 +142,10 @@ def test_the_shadow_stage_judges_disagreement_with_the_champion_and_needs_it_to_
     # required once given: too few compared answers keep an otherwise healthy shadow stage waiting
     few = analyse(_stats(2_000, 0), STABLE, 30, NO_QUALITY, disagreement=disagreement_evidence(50, 1))
     assert few.status == "wait" and any(r.startswith("disagreement") for r in few.reasons)
+
+
+def test_the_judges_brief_names_every_metric_with_its_bounds():
+    verdict = analyse(_stats(2_000, 0), STABLE, 30, CanaryConfig(judge=JudgeConfig(max_stage_s=300)))
+    brief = verdict.details["judge"]["brief"]
+    assert brief.startswith("error rate -0.001 [") and "; log latency +0 [" in brief and "vs 0.223 (2000)" in brief
+    assert brief.endswith("quality: no evidence")
