@@ -24,7 +24,8 @@ import pandas as pd
 from healmesh import schema
 from healmesh.data import DriftSpec, generate
 from healmesh.policies.drift import DriftThresholds, FeatureDrift, feature_drift
-from healmesh.policies.drift_alarm import AlarmOutcome, DriftAlarm, decide_alarm, row_hashes
+from healmesh.policies.drift_alarm import DriftAlarm, decide_alarm, row_hashes
+from healmesh.policies.drift_decision import DriftDecision
 
 WINDOW = 2_000
 REFERENCE = 5_000
@@ -93,7 +94,7 @@ def run() -> dict[str, Any]:
 
     names = list(scenarios)
     undrifted, imp, unimp, _half, repeated, extra = (results[n] for n in names)
-    outcomes = [str(o) for o in AlarmOutcome]
+    outcomes = [str(o) for o in DriftDecision if o is not DriftDecision.NONE]
     lines = [
         f"Reference {REFERENCE:,} generated rows; windows of {WINDOW:,} rows; shift {SHIFT} "
         "(x exp(0.5) for a skewed feature, +0.5 SD otherwise). Importance: XGBoost total gain, one-hot summed back "
@@ -116,7 +117,7 @@ def run() -> dict[str, Any]:
                      + f" | {old['drift']} | {old['no_drift']} | {effect} |")
     lines += ["", "Headlines (first window of each):", ""]
     lines += [f"- {name}: {results[name][2][0].headline}" for name in names]
-    retrain = str(AlarmOutcome.DRIFT_RETRAIN)
+    retrain = str(DriftDecision.DRIFT)
     checks = [
         {"requirement": f"{WINDOWS} undrifted windows: 0 drift alarms",
          "measured": f"{sum(undrifted[0][o] for o in outcomes if o.startswith('drift'))} alarms, "
@@ -130,12 +131,12 @@ def run() -> dict[str, Any]:
          "measured": f"{imp[0][retrain]} retrain (old rule: {imp[1]['drift']} drift)",
          "met": imp[0][retrain] >= 19},
         {"requirement": f"{WINDOWS} windows shifted on an unimportant feature ({unimportant}): reported, no retrain",
-         "measured": f"{unimp[0][str(AlarmOutcome.DRIFT_REPORTED)]} reported, {unimp[0][retrain]} retrain "
+         "measured": f"{unimp[0][str(DriftDecision.DRIFT_REPORTED)]} reported, {unimp[0][retrain]} retrain "
                      f"(old rule: {unimp[1]['drift']} drift)",
-         "met": unimp[0][retrain] == 0 and unimp[0][str(AlarmOutcome.DRIFT_REPORTED)] >= 19},
+         "met": unimp[0][retrain] == 0 and unimp[0][str(DriftDecision.DRIFT_REPORTED)] >= 19},
         {"requirement": "one transaction repeated: anomalous, no retrain",
          "measured": f"{repeated[2][0].outcome} (old rule: {repeated[1].most_common(1)[0][0]})",
-         "met": repeated[2][0].outcome is AlarmOutcome.ANOMALOUS_TRAFFIC},
+         "met": repeated[2][0].outcome is DriftDecision.ANOMALOUS_TRAFFIC},
     ]
     lines += ["", f"run() took {time.perf_counter() - started:.1f} s."]
     return {"title": "Drift alarms: FDR + effect floor + importance, against the old rule", "lines": lines,

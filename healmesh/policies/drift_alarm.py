@@ -18,13 +18,14 @@ computes and decides, in this order:
    No drifted feature: NO_DRIFT.
 4. DRIFT_REPORTED (no retrain) when the drifted features carry under ``min_importance`` of the
    served model's (normalised) importance, or when an estimated performance impact (CBPE's
-   estimated AUC against the reference AUC) shows no material drop. Otherwise DRIFT_RETRAIN.
+   estimated AUC against the reference AUC) shows no material drop. Otherwise DRIFT (retrains).
 
 ``headline`` is one sentence for the top of the HTML report, so the page and the decision agree.
 
 ``decide`` is the drift check's whole decision: the statistics, the alarm, and the champion's live
 quality (labelled concept drift retrains whatever the features say, except on anomalous traffic,
-whose labels are no evidence either), mapped to the published ``DriftDecision``.
+whose labels are no evidence either). Both speak ``DriftDecision``, the value the drift summary
+publishes.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,14 +51,6 @@ from healmesh.policies.estimation import (
 
 if TYPE_CHECKING:
     import pandas as pd
-
-
-class AlarmOutcome(StrEnum):
-    NO_DRIFT = "no_drift"
-    DRIFT_RETRAIN = "drift_retrain"
-    DRIFT_REPORTED = "drift_reported"  # drifted, but unimportant or harmless: reported, no retrain
-    ANOMALOUS_TRAFFIC = "anomalous_traffic"  # a few distinct rows dominate: reported, never a retrain
-    INSUFFICIENT_DATA = "insufficient_data"
 
 
 @dataclass(frozen=True)
@@ -127,7 +119,7 @@ class RankedFeature:
 
 @dataclass(frozen=True)
 class DriftAlarm:
-    outcome: AlarmOutcome
+    outcome: DriftDecision  # never NONE (that is a summary's before any check)
     headline: str
     reasons: tuple[str, ...]
     n_rows: int
@@ -138,7 +130,7 @@ class DriftAlarm:
 
     @property
     def retrain(self) -> bool:
-        return self.outcome is AlarmOutcome.DRIFT_RETRAIN
+        return self.outcome is DriftDecision.DRIFT
 
     @property
     def drifted(self) -> list[str]:
@@ -200,7 +192,7 @@ def decide_alarm(features: Mapping[str, FeatureDrift], n_rows: int, row_hashes: 
     cfg = cfg or DriftThresholds()
     if n_rows < cfg.min_window:
         why = f"window of {n_rows:,} rows is under the minimum of {cfg.min_window:,}"
-        return DriftAlarm(AlarmOutcome.INSUFFICIENT_DATA, f"No decision: {why}.", (why,), n_rows)
+        return DriftAlarm(DriftDecision.INSUFFICIENT_DATA, f"No decision: {why}.", (why,), n_rows)
 
     traffic = traffic_profile(row_hashes) if row_hashes is not None else None
     if traffic is not None and traffic.rows and (traffic.top_share > cfg.max_top_row_share
@@ -208,7 +200,7 @@ def decide_alarm(features: Mapping[str, FeatureDrift], n_rows: int, row_hashes: 
         why = (f"the most common row is {traffic.top_share:.0%} of {traffic.rows:,} rows, and "
                f"{traffic.distinct:,} of them are distinct (limits: top share {cfg.max_top_row_share:.0%}, "
                f"distinct share {cfg.min_distinct_share:.0%})")
-        return DriftAlarm(AlarmOutcome.ANOMALOUS_TRAFFIC,
+        return DriftAlarm(DriftDecision.ANOMALOUS_TRAFFIC,
                           f"Anomalous traffic, no retrain: {why}; feature drift is not judged on it.",
                           (why,), n_rows, traffic=traffic)
 
@@ -233,7 +225,7 @@ def decide_alarm(features: Mapping[str, FeatureDrift], n_rows: int, row_hashes: 
         suppressed = [r for r in ranked if r.significant and not r.material]
         why = f"none of {len(ranked)} features shifted both significantly and materially ({tested})"
         reasons = [why] + ([f"significant but under the effect floor: {_names(suppressed)}"] if suppressed else [])
-        return DriftAlarm(AlarmOutcome.NO_DRIFT, f"No drift: {why}.", tuple(reasons), n_rows, tuple(ranked),
+        return DriftAlarm(DriftDecision.NO_DRIFT, f"No drift: {why}.", tuple(reasons), n_rows, tuple(ranked),
                           traffic, 0.0 if weights is not None else None, estimated_impact)
 
     what = f"{len(drifted)} of {len(ranked)} features drifted ({_names(drifted)}; {tested})"
@@ -255,7 +247,7 @@ def decide_alarm(features: Mapping[str, FeatureDrift], n_rows: int, row_hashes: 
         reasons.append(line)
         if not e.hurts(cfg):
             vetoes.append(line)
-    outcome = AlarmOutcome.DRIFT_REPORTED if vetoes else AlarmOutcome.DRIFT_RETRAIN
+    outcome = DriftDecision.DRIFT_REPORTED if vetoes else DriftDecision.DRIFT
     if vetoes:
         headline = f"Drift reported, no retrain: {what}, but {'; and '.join(vetoes)}."
     else:
@@ -361,12 +353,6 @@ class DriftResult:
                 "estimate": self.estimate.to_dict() if self.estimate else None}
 
 
-_PUBLISHED = {AlarmOutcome.NO_DRIFT: DriftDecision.NO_DRIFT, AlarmOutcome.DRIFT_RETRAIN: DriftDecision.DRIFT,
-              AlarmOutcome.DRIFT_REPORTED: DriftDecision.DRIFT_REPORTED,
-              AlarmOutcome.ANOMALOUS_TRAFFIC: DriftDecision.ANOMALOUS_TRAFFIC,
-              AlarmOutcome.INSUFFICIENT_DATA: DriftDecision.INSUFFICIENT_DATA}
-
-
 def decide(reference: pd.DataFrame, current: pd.DataFrame, t: DriftThresholds, quality: QualityCheck | None = None,
            importance: Mapping[str, float] | None = None,
            estimated: EstimateReading | None = None) -> DriftResult:
@@ -375,10 +361,10 @@ def decide(reference: pd.DataFrame, current: pd.DataFrame, t: DriftThresholds, q
     features = feature_drift(reference, current) if n >= t.min_window else {}
     impact = estimated.impact if estimated else None
     alarm = decide_alarm(features, n, row_hashes(current) if n else None, importance, impact, t)
-    decision, headline, reasons = _PUBLISHED[alarm.outcome], alarm.headline, list(alarm.reasons)
+    decision, headline, reasons = alarm.outcome, alarm.headline, list(alarm.reasons)
     if estimated is not None and not (impact is not None and alarm.drifted):
         reasons.append(estimated.note)  # a drift judged with the impact has the alarm's own line on it
-    judged = alarm.outcome not in (AlarmOutcome.INSUFFICIENT_DATA, AlarmOutcome.ANOMALOUS_TRAFFIC)
+    judged = alarm.outcome not in (DriftDecision.INSUFFICIENT_DATA, DriftDecision.ANOMALOUS_TRAFFIC)
     if judged and quality is not None and quality.dropped:
         line = (f"live AUC {quality.live_auc:.3f} is more than {t.auc_drop} under the holdout AUC "
                 f"{quality.reference_auc:.3f} ({quality.labelled:,} labels, {quality.positives:,} fraud)")

@@ -349,6 +349,7 @@ def test_a_worse_model_is_rolled_back_on_its_quality(life, monkeypatch):
     assert rollout["status"] == "rolled_back" and "worse by more than the margin is proven" in rollout["note"]
     failed = [e for e in events.recent(life.redis(), "hm-life", 30) if e["kind"] == "stage_failed"][0]
     assert failed["data"]["stage"] == "shadow", failed
+    NUMBERS["worse_model_rollback"] = failed["message"]
     proven = {m: j for m, j in failed["data"]["judge"]["metrics"].items() if j["outcome"] == "rollback"}
     assert set(proven) <= {"quality", "disagreement"} and proven, failed["data"]["judge"]
     if "quality" in proven:

@@ -7,12 +7,12 @@ from pydantic import ValidationError
 
 from healmesh.policies.drift import DriftThresholds, FeatureDrift
 from healmesh.policies.drift_alarm import (
-    AlarmOutcome,
     EstimatedImpact,
     bh_adjust,
     decide_alarm,
     traffic_profile,
 )
+from healmesh.policies.drift_decision import DriftDecision
 
 CFG = DriftThresholds()
 
@@ -47,7 +47,7 @@ def test_bh_rejects_the_step_up_set_on_a_hand_made_example():
     names = [f"f{k}" for k in range(10)]
     alarm = decide_alarm(fmap(*(num(n, float(pv)) for n, pv in zip(names, p, strict=True))), 2_000,
                          unique_hashes(), cfg=CFG)
-    assert alarm.outcome is AlarmOutcome.DRIFT_RETRAIN
+    assert alarm.outcome is DriftDecision.DRIFT
     assert sorted(alarm.drifted) == ["f0", "f1", "f2", "f3"]
 
 
@@ -61,7 +61,7 @@ def test_effect_floor_suppresses_tiny_significant_shifts():
     # a huge window: p-values are tiny for shifts of no consequence
     tiny = fmap(num("amount", 1e-30, ks=0.03, psi=0.01), cat("geo", 1e-12, js=0.02, psi=0.004))
     alarm = decide_alarm(tiny, 500_000, None)
-    assert alarm.outcome is AlarmOutcome.NO_DRIFT and alarm.drifted == []
+    assert alarm.outcome is DriftDecision.NO_DRIFT and alarm.drifted == []
     assert all(f.significant and not f.material for f in alarm.features)
     assert "under the effect floor" in alarm.reasons[1] and alarm.headline.startswith("No drift")
     # the same p-values with a real effect drift
@@ -70,13 +70,13 @@ def test_effect_floor_suppresses_tiny_significant_shifts():
 
 
 def test_large_effect_without_significance_is_not_drift():
-    assert decide_alarm(fmap(num("amount", 0.2, ks=0.5, psi=1.0)), 600, None).outcome is AlarmOutcome.NO_DRIFT
+    assert decide_alarm(fmap(num("amount", 0.2, ks=0.5, psi=1.0)), 600, None).outcome is DriftDecision.NO_DRIFT
 
 
 def test_one_repeated_row_is_anomalous_traffic_not_a_retrain():
     everything_drifted = fmap(*(num(f"f{k}", 1e-100, ks=0.9, psi=8.3) for k in range(16)))
     alarm = decide_alarm(everything_drifted, 100_000, np.full(100_000, 12345, dtype=np.uint64))
-    assert alarm.outcome is AlarmOutcome.ANOMALOUS_TRAFFIC and not alarm.retrain
+    assert alarm.outcome is DriftDecision.ANOMALOUS_TRAFFIC and not alarm.retrain
     assert alarm.traffic is not None and alarm.traffic.distinct == 1 and alarm.traffic.top_share == 1.0
     assert alarm.headline.startswith("Anomalous traffic, no retrain")
 
@@ -85,16 +85,16 @@ def test_a_few_distinct_rows_are_anomalous_even_when_none_dominates():
     hashes = np.tile(np.arange(50, dtype=np.uint64), 40)  # 2,000 rows, 50 distinct, each 2 %
     profile = traffic_profile(hashes)
     assert (profile.rows, profile.distinct, profile.top_share) == (2_000, 50, 0.02)
-    assert decide_alarm(fmap(num("a", 0.5)), 2_000, hashes).outcome is AlarmOutcome.ANOMALOUS_TRAFFIC
+    assert decide_alarm(fmap(num("a", 0.5)), 2_000, hashes).outcome is DriftDecision.ANOMALOUS_TRAFFIC
     # one hot row at 10 % with the rest distinct
     hot = np.concatenate([np.zeros(200, np.uint64), np.arange(1, 1_801, dtype=np.uint64)])
-    assert decide_alarm(fmap(num("a", 0.5)), 2_000, hot).outcome is AlarmOutcome.ANOMALOUS_TRAFFIC
-    assert decide_alarm(fmap(num("a", 0.5)), 2_000, unique_hashes()).outcome is AlarmOutcome.NO_DRIFT
+    assert decide_alarm(fmap(num("a", 0.5)), 2_000, hot).outcome is DriftDecision.ANOMALOUS_TRAFFIC
+    assert decide_alarm(fmap(num("a", 0.5)), 2_000, unique_hashes()).outcome is DriftDecision.NO_DRIFT
 
 
 def test_small_window_is_insufficient_data():
     alarm = decide_alarm(fmap(num("a", 1e-9)), 499, np.zeros(499))
-    assert alarm.outcome is AlarmOutcome.INSUFFICIENT_DATA and "499" in alarm.headline
+    assert alarm.outcome is DriftDecision.INSUFFICIENT_DATA and "499" in alarm.headline
 
 
 FEATS = fmap(num("amount", 1e-12, psi=0.6), num("hour", 0.7, ks=0.02, psi=0.01),
@@ -105,14 +105,14 @@ IMPORTANCE = {"amount": 50.0, "hour": 30.0, "card_age_days": 1.0, "channel": 19.
 def test_drift_only_on_an_unimportant_feature_is_reported_not_retrained():
     feats = {**FEATS, "amount": num("amount", 0.6, ks=0.02, psi=0.01)}
     alarm = decide_alarm(feats, 2_000, unique_hashes(), IMPORTANCE)
-    assert alarm.outcome is AlarmOutcome.DRIFT_REPORTED and not alarm.retrain
+    assert alarm.outcome is DriftDecision.DRIFT_REPORTED and not alarm.retrain
     assert alarm.drifted == ["card_age_days"] and alarm.drifted_importance == pytest.approx(0.01)
     assert "no retrain" in alarm.headline and "1.0% of the model's importance" in alarm.headline
 
 
 def test_features_are_ranked_by_drift_times_importance():
     alarm = decide_alarm(FEATS, 2_000, unique_hashes(), IMPORTANCE)
-    assert alarm.outcome is AlarmOutcome.DRIFT_RETRAIN
+    assert alarm.outcome is DriftDecision.DRIFT
     # amount: 0.6 x 0.5 = 0.3 beats card_age_days: 0.4 x 0.01
     assert [f.feature for f in alarm.features][:2] == ["amount", "card_age_days"]
     assert alarm.features[0].score == pytest.approx(0.3) and alarm.drifted_importance == pytest.approx(0.51)
@@ -124,7 +124,7 @@ def test_features_are_ranked_by_drift_times_importance():
 def test_important_drift_with_an_estimated_auc_drop_retrains():
     drop = EstimatedImpact(estimated_auc=0.93, reference_auc=0.97, standard_error=0.01)
     alarm = decide_alarm(FEATS, 2_000, unique_hashes(), IMPORTANCE, drop)
-    assert alarm.outcome is AlarmOutcome.DRIFT_RETRAIN and alarm.retrain
+    assert alarm.outcome is DriftDecision.DRIFT and alarm.retrain
     assert alarm.headline.startswith("Drift, retrain") and "estimated AUC 0.930" in alarm.headline
 
 
@@ -133,12 +133,12 @@ def test_important_drift_with_an_estimated_auc_drop_retrains():
                                           (0.99, 0.01)])  # an improvement
 def test_important_drift_that_does_not_hurt_estimated_performance_is_reported(estimate, se):
     alarm = decide_alarm(FEATS, 2_000, unique_hashes(), IMPORTANCE, EstimatedImpact(estimate, 0.97, se))
-    assert alarm.outcome is AlarmOutcome.DRIFT_REPORTED and "estimated AUC" in alarm.headline
+    assert alarm.outcome is DriftDecision.DRIFT_REPORTED and "estimated AUC" in alarm.headline
 
 
 def test_to_dict_carries_the_decision():
     d = decide_alarm(FEATS, 2_000, unique_hashes(), IMPORTANCE).to_dict()
-    assert d["outcome"] == "drift_retrain" and d["retrain"] and d["drifted"] == ["amount", "card_age_days"]
+    assert d["outcome"] == "drift" and d["retrain"] and d["drifted"] == ["amount", "card_age_days"]
     assert d["traffic"]["distinct"] == 2_000 and len(d["features"]) == 4
 
 
