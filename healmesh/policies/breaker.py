@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from healmesh.errors import IllegalTransition
+from healmesh.policies.checks import need
 
 
 class State(enum.StrEnum):
@@ -68,10 +69,6 @@ class BreakerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> BreakerConfig:
-        def need(ok: bool, what: str, value: object) -> None:
-            if not ok:
-                raise ValueError(f"{what}, but was {value!r}")
-
         need(self.consecutive_failures >= 1, "consecutive_failures must be >= 1", self.consecutive_failures)
         need(0.0 < self.failure_rate <= 1.0, "failure_rate must be in (0, 1]", self.failure_rate)
         need(self.min_calls >= 1, "min_calls must be >= 1", self.min_calls)

@@ -31,6 +31,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from healmesh.errors import InvalidData
+from healmesh.policies.checks import need
 from healmesh.policies.estimation import estimate
 from healmesh.policies.quality import auc_variance, live_auc
 from healmesh.policies.sequential import AucDiff, Evidence, JudgeConfig, Judgement, MeanDiff, Outcome, Stream, judge
@@ -60,10 +61,6 @@ class CanaryConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> CanaryConfig:
-        def need(ok: bool, what: str, value: object) -> None:
-            if not ok:
-                raise ValueError(f"{what}, but was {value!r}")
-
         if (not self.stages or list(self.stages) != sorted(set(self.stages))
                 or not all(0 < s <= 100 for s in self.stages)):
             raise ValueError(f"stages must rise strictly within 1..100, but were {self.stages}")

@@ -36,6 +36,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from healmesh.policies.checks import need
+
 
 class LimiterConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -58,10 +60,6 @@ class LimiterConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> LimiterConfig:
-        def need(ok: bool, what: str, value: object) -> None:
-            if not ok:
-                raise ValueError(f"{what}, but was {value!r}")
-
         need(1 <= self.min_limit <= self.initial_limit <= self.max_limit,
              "limits must satisfy 1 <= min_limit <= initial_limit <= max_limit",
              (self.min_limit, self.initial_limit, self.max_limit))

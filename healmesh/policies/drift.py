@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from healmesh.policies.checks import need
 from healmesh.policies.quality import live_auc
 
 if TYPE_CHECKING:  # pandas, scipy (and schema, which needs pandas) load only where statistics run: Settings imports
@@ -61,10 +62,6 @@ class DriftThresholds(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> DriftThresholds:
-        def need(ok: bool, what: str, value: object) -> None:
-            if not ok:
-                raise ValueError(f"{what}, but was {value!r}")
-
         need(self.min_window >= 10, "min_window must be >= 10", self.min_window)
         need(0.0 < self.fdr_q < 1.0, "fdr_q must be in (0, 1)", self.fdr_q)
         for name in ("min_psi", "min_ks", "min_js", "max_auc_drop", "auc_drop"):

@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from healmesh.policies.checks import need
+
 # Smallest variance a Bernoulli stream is given: with 0 errors in both arms the plug-in variance is 0
 # and the sequence would shrink to a point. (failures + 0.5) / (n + 1) is the usual continuity fix.
 _HALF = 0.5
@@ -176,10 +178,6 @@ class JudgeConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> JudgeConfig:
-        def need(ok: bool, what: str, value: object) -> None:
-            if not ok:
-                raise ValueError(f"{what}, but was {value!r}")
-
         need(0 < self.alpha < 1, "alpha must be in (0, 1)", self.alpha)
         need(0 < self.beta < 1, "beta must be in (0, 1)", self.beta)
         for name in ("error_margin", "latency_margin", "auc_margin", "logloss_margin", "disagreement_margin"):
