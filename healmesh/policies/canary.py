@@ -210,10 +210,6 @@ class Answers:
     labelled_probabilities: np.ndarray
     labels: np.ndarray
 
-    @classmethod
-    def empty(cls) -> Answers:
-        return cls(np.empty(0), np.empty(0), np.empty(0))
-
 
 def _labelled_auc(a: Answers, cfg: CanaryConfig) -> tuple[float, float] | None:
     y = np.asarray(a.labels).astype(int)
