@@ -60,6 +60,33 @@ def prepare(rows: int) -> BenchEnv:
     return BenchEnv(work=work, env=env, report=report)
 
 
+@dataclass
+class Mesh:
+    scorers: dict[str, Any]  # name -> procs.ServerProcess
+    gateway: Any
+
+    def stop(self) -> None:
+        self.gateway.stop()
+        for s in self.scorers.values():
+            s.stop()
+
+
+def start_mesh(work: Path, env: dict[str, str]) -> Mesh:
+    """The three scorers and a gateway in front of them, each on a free 127.0.0.1 port, with ``env``
+    (Redis and tokens included); logs under ``work / "logs"``."""
+    from healmesh.ops import procs
+
+    scorers = {n: procs.bentoml_server(f"bench-{n}", t, procs.free_port(), work / "logs", env=env, cwd=ROOT)
+               for n, t in procs.SCORERS.items()}
+    for s in scorers.values():
+        s.launch()
+    gw = procs.bentoml_server("bench-gateway", "gateway.service:Gateway", procs.free_port(), work / "logs", cwd=ROOT,
+                              env={**env, "HEALMESH_XGB_URL": scorers["xgboost"].url,
+                                   "HEALMESH_TORCH_URL": scorers["pytorch"].url,
+                                   "HEALMESH_FALLBACK_URL": scorers["fallback"].url}).launch()
+    return Mesh(scorers, gw)
+
+
 def one_transaction(card_id: bool = False) -> dict[str, Any]:
     cols = list(schema.FEATURE_NAMES) + ([schema.ENTITY_KEY] if card_id else [])
     row = generate(1, seed=42)[cols].iloc[0].to_dict()

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import prepare, write_results  # noqa: E402
+from common import prepare, start_mesh, write_results  # noqa: E402
 
 from healmesh import schema  # noqa: E402
 from healmesh.data import generate  # noqa: E402
@@ -91,14 +91,8 @@ def main() -> None:
     redis_srv = procs.redis_server(procs.free_port(), work / "redis", work / "logs").launch(timeout=20)
     env = {**bench.env, "HEALMESH_ADMIN_TOKEN": TOKEN, "HEALMESH_LABELLER_TOKEN": LABELLER_TOKEN,
            "HEALMESH_REDIS_URL": local_redis_url(redis_srv.port)}
-    scorers = {n: procs.bentoml_server(f"bench-{n}", t, procs.free_port(), work / "logs", env=env, cwd=ROOT)
-               for n, t in procs.SCORERS.items()}
-    for s in scorers.values():
-        s.launch()
-    gw = procs.bentoml_server("bench-gateway", "gateway.service:Gateway", procs.free_port(), work / "logs", cwd=ROOT,
-                              env={**env, "HEALMESH_XGB_URL": scorers["xgboost"].url,
-                                   "HEALMESH_TORCH_URL": scorers["pytorch"].url,
-                                   "HEALMESH_FALLBACK_URL": scorers["fallback"].url}).launch()
+    mesh = start_mesh(work, env)
+    gw = mesh.gateway
     runs: dict[int, list[dict[str, Any]]] = {c: [] for c in CLIENTS}
     try:
         need = args.labels * args.rounds * len(CLIENTS)
@@ -115,9 +109,7 @@ def main() -> None:
                 print(f"round {rnd}, {clients} client(s): {len(take)} labels in {seconds:.2f}s = {rate:,.0f}/s "
                       f"({counts})", flush=True)
     finally:
-        gw.stop()
-        for s in scorers.values():
-            s.stop()
+        mesh.stop()
         redis_srv.stop()
     meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": platform.platform(),
             "cpus": os.cpu_count(), "batch": BATCH, "labels_per_run": args.labels, "rounds": args.rounds}

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import prepare, write_results  # noqa: E402
+from common import prepare, start_mesh, write_results  # noqa: E402
 
 from healmesh.data import DriftSpec, generate  # noqa: E402
 from healmesh.ops import procs  # noqa: E402
@@ -53,14 +53,8 @@ def main() -> None:
     env = {**bench.env, "HEALMESH_ADMIN_TOKEN": TOKEN, "HEALMESH_LABELLER_TOKEN": LABELLER_TOKEN,
            "HEALMESH_REDIS_URL": settings.redis_url}
     env.pop("HEALMESH_MLFLOW_TRACKING_URI", None)
-    scorers = {n: procs.bentoml_server(f"bench-{n}", t, procs.free_port(), work / "logs", env=env, cwd=ROOT)
-               for n, t in procs.SCORERS.items()}
-    for s in scorers.values():
-        s.launch()
-    gw = procs.bentoml_server("bench-gateway", "gateway.service:Gateway", procs.free_port(), work / "logs", cwd=ROOT,
-                              env={**env, "HEALMESH_XGB_URL": scorers["xgboost"].url,
-                                   "HEALMESH_TORCH_URL": scorers["pytorch"].url,
-                                   "HEALMESH_FALLBACK_URL": scorers["fallback"].url}).launch()
+    mesh = start_mesh(work, env)
+    gw = mesh.gateway
     try:
         from healmesh import redis_conn
 
@@ -81,9 +75,7 @@ def main() -> None:
         print(f"retrain on {result['recent_labelled_rows']} labelled records: {retrain_s:.2f}s "
               f"(fit {result['train_seconds']}s), gate passed {result['passed']}")
     finally:
-        gw.stop()
-        for s in scorers.values():
-            s.stop()
+        mesh.stop()
         redis_srv.stop()
     meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": platform.platform(),
             "cpus": os.cpu_count()}
