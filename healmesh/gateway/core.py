@@ -314,8 +314,7 @@ class GatewayCore:
         for decision in plan.retries:
             m.retries.labels(decision.value).inc()
         for a in plan.attempts:
-            m.upstream_calls.labels(a.upstream, a.outcome).inc()
-            m.upstream_latency.labels(a.upstream).observe(a.seconds)
+            m.upstream_call(a.upstream, a.outcome, a.seconds)
         if answer is None:
             return
         version = answer.scores[0]["model_version"]
@@ -377,8 +376,7 @@ class GatewayCore:
         result = await self.upstreams[target].predict(body, len(rows), self.s.shadow_timeout_ms / 1000.0)
         # a shadow call is a call to its upstream: counted with the primary calls (the rollout's
         # shadow stage judges the canary's errors and latency on them)
-        self.metrics.upstream_calls.labels(target, result.outcome.value).inc()
-        self.metrics.upstream_latency.labels(target).observe(result.seconds)
+        self.metrics.upstream_call(target, result.outcome.value, result.seconds)
         if result.outcome is not Outcome.OK:
             self.metrics.shadow_calls.labels("error").inc()
             return

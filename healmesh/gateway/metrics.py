@@ -143,6 +143,11 @@ class GatewayMetrics:
         for decision in ("allowed", "denied_deadline", "denied_budget"):
             self.retries.labels(decision)
 
+    def upstream_call(self, upstream: str, outcome: str, seconds: float) -> None:
+        """One call to an upstream, primary or shadow (the canary judge reads these counters)."""
+        self.upstream_calls.labels(upstream, outcome).inc()
+        self.upstream_latency.labels(upstream).observe(seconds)
+
     def forget_dead_workers(self) -> None:
         """``forget_dead_workers`` every ``FORGET_EVERY_S`` (the control poll calls it): where
         BentoML does not replace a dead worker (in a container), nothing else would."""
