@@ -54,3 +54,12 @@ def recent(redis: Any, prefix: str, count: int = 50) -> list[dict[str, Any]]:
 def for_rollout(redis: Any, prefix: str, holder: str, count: int = 500) -> list[dict[str, Any]]:
     """The events one rollout recorded (``rollout=<holder>`` in their data), newest first."""
     return [e for e in recent(redis, prefix, count) if e["data"].get("rollout") == holder]
+
+
+def stage_verdicts(redis: Any, prefix: str, count: int = 60) -> list[str]:
+    """What the judge said at each stage of the newest rollout (its ``stage_passed`` and
+    ``stage_failed`` messages since the last ``rollout_started``), oldest first."""
+    oldest_first = recent(redis, prefix, count)[::-1]
+    started = [i for i, e in enumerate(oldest_first) if e["kind"] == "rollout_started"]
+    return [e["message"] for e in oldest_first[started[-1] if started else 0:]
+            if e["kind"] in ("stage_passed", "stage_failed")]

@@ -352,19 +352,16 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
     return 0 if figures["client_errors"] == 0 and "failed" not in figures else 1
 
 
-def _judged_stages(s: Any, count: int = 40) -> list[str]:
-    """What the judge said at each stage of the latest rollout (its events), oldest first."""
+def _judged_stages(s: Any) -> list[str]:
+    """What the judge said at each stage of the latest rollout, oldest first."""
     from healmesh.control import events
     from healmesh.redis_conn import sync_client
 
     client = sync_client(s)
     try:
-        recent = events.recent(client, s.key_prefix, count)[::-1]  # newest first: turned around
+        return events.stage_verdicts(client, s.key_prefix)
     finally:
         client.close()
-    started = [i for i, e in enumerate(recent) if e["kind"] == "rollout_started"]
-    mine = recent[started[-1]:] if started else recent
-    return [e["message"] for e in mine if e["kind"] in ("stage_passed", "stage_failed")]
 
 
 def _buckets(rec: Recording, width: float = 2.0) -> dict[int, list[Reply]]:

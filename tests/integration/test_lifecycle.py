@@ -118,14 +118,6 @@ def life(mlflow_url, redis_srv, session_dir: Path) -> Iterator[Life]:
         get_settings.cache_clear()
 
 
-def judged_stages(life: Any) -> list[str]:
-    """What the judge said at each stage of the latest rollout, oldest first."""
-    recent = events.recent(life.redis(), "hm-life", 60)[::-1]
-    started = [i for i, e in enumerate(recent) if e["kind"] == "rollout_started"]
-    return [f"{e['kind']}: {e['message']}" for e in recent[started[-1] if started else 0:]
-            if e["kind"] in ("stage_passed", "stage_failed")]
-
-
 def test_without_drift_a_report_is_still_written_and_indexed(life):
     base = send_sync(life.gateway, 3_000, seed=1, batch=20)
     assert base.answered == 3_000 and not base.errors
@@ -221,7 +213,7 @@ def test_covariate_drift_retrains_and_promotes_a_new_champion(life):
         t0 = time.perf_counter()
         state, tasks = life.run("canary_rollout")
         NUMBERS["rollout_dag_seconds"] = round(time.perf_counter() - t0, 1)
-    judged = judged_stages(life)
+    judged = events.stage_verdicts(life.redis(), "hm-life")
     if state != "success":
         pytest.fail(f"the rollout failed: {tasks}\n" + "\n".join(judged))
     NUMBERS["covariate_rollout_stages"] = judged
@@ -277,7 +269,7 @@ def test_concept_drift_is_healed(life):
     assert state == "success" and life.alias("challenger") == "3", tasks
     with Background(life.gateway, drift=CONCEPT, chunk=200, concurrency=8) as bg:
         state, tasks = life.run("canary_rollout")
-    judged = judged_stages(life)
+    judged = events.stage_verdicts(life.redis(), "hm-life")
     if state != "success":
         pytest.fail(f"the rollout failed: {tasks}\n" + "\n".join(judged))
     NUMBERS["concept_rollout_stages"] = judged
