@@ -15,6 +15,7 @@ from aiohttp import web
 
 from healmesh import schema
 from healmesh.gateway.core import GatewayCore
+from healmesh.gateway.metrics import GatewayMetrics
 from healmesh.gateway.upstreams import CallResult, Outcome, ScorerClient, Upstream
 from healmesh.ops import procs
 from healmesh.policies import routing
@@ -116,6 +117,9 @@ class Metrics:
 
     def __init__(self) -> None:
         self.values: dict[tuple[str, tuple[str, ...]], float] = defaultdict(float)
+
+    # the gateway's own method, over these recorded series
+    upstream_call = GatewayMetrics.upstream_call
 
     def __getattr__(self, name: str) -> Any:
         return Series(self.values, name)
