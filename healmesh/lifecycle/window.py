@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,40 +39,39 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+def _newest_first(redis: Any, stream: str, *, min_id: str = "-",
+                  chunk: int = 5_000) -> Iterator[tuple[str, dict[str, str]]]:
+    """The stream's entries from the newest down to ``min_id``, in pages of ``chunk``: (id, fields)."""
+    upper = "+"
+    while True:
+        entries = redis.xrevrange(stream, max=upper, min=min_id, count=chunk)
+        for entry_id, fields in entries:
+            yield _s(entry_id), {_s(k): _s(v) for k, v in fields.items()}
+        if len(entries) < chunk:
+            return
+        upper = "(" + _s(entries[-1][0])  # exclusive: continue below the oldest entry read
+
+
 def read_window(redis: Any, prefix: str, *, last_n: int | None = 10_000, since_s: float | None = None,
                 chunk: int = 5_000) -> Window:
     """The newest primary records: at most ``last_n`` and (if given) not older than ``since_s``."""
-    stream = keys.stream(prefix)
     cutoff = time.time() - since_s if since_s else None
     rows: list[dict[str, Any]] = []
     ids: list[str] = []
-    upper = "+"
-    done = False
-    while not done:
-        entries = redis.xrevrange(stream, max=upper, min="-", count=chunk)
-        if not entries:
+    for entry_id, rec in _newest_first(redis, keys.stream(prefix), chunk=chunk):
+        if rec.get("kind") != "primary":
+            continue
+        ts = float(rec["ts"])
+        if cutoff is not None and ts < cutoff:
             break
-        for entry_id, fields in entries:
-            rec = {_s(k): _s(v) for k, v in fields.items()}
-            if rec.get("kind") != "primary":
-                continue
-            ts = float(rec["ts"])
-            if cutoff is not None and ts < cutoff:
-                done = True
-                break
-            data = json.loads(rec["data"])
-            row = dict(data["features"])
-            row.update(request_id=rec["request_id"], ts=ts, variant=data["variant"], model=data["model"],
-                       model_version=str(data["model_version"]), probability=float(data["probability"]),
-                       predicted=int(data["label"]))
-            rows.append(row)
-            ids.append(_s(entry_id))
-            if last_n is not None and len(rows) >= last_n:
-                done = True
-                break
-        last_id = _s(entries[-1][0])
-        upper = "(" + last_id  # exclusive: continue below the oldest entry read
-        if len(entries) < chunk:
+        data = json.loads(rec["data"])
+        row = dict(data["features"])
+        row.update(request_id=rec["request_id"], ts=ts, variant=data["variant"], model=data["model"],
+                   model_version=str(data["model_version"]), probability=float(data["probability"]),
+                   predicted=int(data["label"]))
+        rows.append(row)
+        ids.append(entry_id)
+        if last_n is not None and len(rows) >= last_n:
             break
     rows.reverse()
     ids.reverse()
@@ -88,22 +88,14 @@ def read_shadow(redis: Any, prefix: str, *, since_wall: float, chunk: int = 5_00
     """The shadow answers logged since ``since_wall`` (unix seconds), oldest first: the shadow
     target's answer to a request the primary answered, and whether their decisions agreed."""
     rows: list[dict[str, Any]] = []
-    upper = "+"
-    # stream ids start with their millisecond time: stop reading below the start
-    lower = f"{int(since_wall * 1000)}-0"
-    while True:
-        entries = redis.xrevrange(keys.stream(prefix), max=upper, min=lower, count=chunk)
-        for _, fields in entries:
-            rec = {_s(k): _s(v) for k, v in fields.items()}
-            if rec.get("kind") != "shadow" or float(rec["ts"]) < since_wall:
-                continue
-            data = json.loads(rec["data"])
-            rows.append({"request_id": rec["request_id"], "ts": float(rec["ts"]), "variant": data["variant"],
-                         "model_version": str(data["model_version"]), "probability": float(data["probability"]),
-                         "predicted": int(data["label"]), "agree": bool(data["agree"])})
-        if len(entries) < chunk:
-            break
-        upper = "(" + _s(entries[-1][0])
+    # stream ids start with their millisecond time: nothing below the start is read
+    for _, rec in _newest_first(redis, keys.stream(prefix), min_id=f"{int(since_wall * 1000)}-0", chunk=chunk):
+        if rec.get("kind") != "shadow" or float(rec["ts"]) < since_wall:
+            continue
+        data = json.loads(rec["data"])
+        rows.append({"request_id": rec["request_id"], "ts": float(rec["ts"]), "variant": data["variant"],
+                     "model_version": str(data["model_version"]), "probability": float(data["probability"]),
+                     "predicted": int(data["label"]), "agree": bool(data["agree"])})
     rows.reverse()
     return pd.DataFrame(rows, columns=SHADOW_COLUMNS)
 
