@@ -57,12 +57,11 @@ def run_drift_check(settings: Settings, redis: Any, *, window_records: int | Non
 
     t = settings.drift
     # live quality of the champion itself: its own answers that have a label
-    mine = labelled(current)
-    mine = mine[(mine["model"] == "xgboost") & (mine["model_version"] == champion.version)]
+    served = current[(current["model"] == "xgboost") & (current["model_version"] == champion.version)]
+    mine = labelled(served)
     quality = quality_check(mine["is_fraud"].to_numpy(), mine["probability"].to_numpy(),
                             info.metrics.get("holdout_roc_auc"), t)
     bundle = registry.load_version(settings, name, champion.version)
-    served = current[(current["model"] == "xgboost") & (current["model_version"] == champion.version)]
     estimated = read_estimate(bundle.calibrator(), served["probability"].to_numpy(dtype=float),
                               mine["is_fraud"].to_numpy(dtype=int), mine["probability"].to_numpy(dtype=float),
                               info.metrics.get("holdout_roc_auc"), bundle.meta.threshold, t)
