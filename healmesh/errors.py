@@ -73,7 +73,13 @@ class Unavailable(HealmeshError, RuntimeError):
 
 
 class Saturated(HealmeshError):
-    """The gateway itself is full: shed with 503 + Retry-After."""
+    """The gateway is full (its admission limit) or every model variant is (their limits, or
+    they answered busy): shed with 503 + Retry-After."""
+
+    def __init__(self, retry_after_s: float = 1.0, where: str = "admission") -> None:
+        super().__init__(f"saturated ({where}); retry after {retry_after_s:g} s")
+        self.retry_after_s = retry_after_s
+        self.where = where
 
 
 class IllegalTransition(HealmeshError, RuntimeError):

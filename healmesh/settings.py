@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from healmesh.policies.breaker import BreakerConfig
 from healmesh.policies.canary import CanaryConfig
 from healmesh.policies.chain import ChainConfig
+from healmesh.policies.concurrency import LimiterConfig
 from healmesh.policies.drift import DriftThresholds
 from healmesh.policies.gate import GateConfig
 from healmesh.policies.retry_budget import RetryBudgetConfig
@@ -198,9 +199,12 @@ class Settings(BaseSettings):
     upstream_max_rows: int = Field(default=64, ge=1)
     max_body_bytes: int = Field(default=1_000_000, ge=1_024)
     max_batch_rows: int = Field(default=500, ge=1)
-    # Admission control: beyond this many requests in flight per worker the gateway sheds
-    # with 503 + Retry-After instead of queueing.
-    max_in_flight: int = Field(default=1_024, ge=1)
+    # Adaptive concurrency limits (healmesh.policies.concurrency), per gateway worker: one for
+    # admission (past it: 503 + Retry-After before the body is read) and one for each model
+    # upstream (asked by the fallback chain before a call; every variant past its limit: 503,
+    # never the fallback scorer). Shadow calls get only a share of either and go first.
+    admission_limit: LimiterConfig = LimiterConfig()
+    upstream_limit: LimiterConfig = LimiterConfig()
     # Circuit breakers (one per variant and for the fallback scorer)
     breaker: BreakerConfig = BreakerConfig()
     probe_interval_s: float = Field(default=1.0, gt=0)

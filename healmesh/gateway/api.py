@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Path, Query, Request
@@ -106,9 +107,14 @@ async def answer_predict(core: GatewayCore, raw: bytes, max_rows: int) -> tuple[
         return exc.status, json.dumps(body).encode(), {}
     try:
         out, _ = await core.predict(rows, rows[0].get(schema.ENTITY_KEY))
-    except Saturated:
-        return 503, b'{"error": "gateway saturated"}', {"Retry-After": "1"}
+    except Saturated as exc:
+        return shed_answer(exc)
     return 200, json.dumps(out[0] if single else out).encode(), {}
+
+
+def shed_answer(exc: Saturated) -> tuple[int, bytes, dict[str, str]]:
+    """503 with Retry-After in whole seconds (at least 1): the caller uses its own default now."""
+    return 503, b'{"error": "gateway saturated"}', {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
 
 
 class PredictFastPath:
@@ -157,6 +163,11 @@ class PredictFastPath:
         await send({"type": "http.response.body", "body": payload})
 
     async def _answer(self, scope: Any, receive: Any) -> tuple[int, bytes, dict[str, str]]:
+        core = current_core()
+        shed = core.saturated()
+        if shed is not None:  # past the admission limit: refused before the body is read or parsed
+            core.count_shed("admission")
+            return shed_answer(shed)
         limit = self.settings.max_body_bytes
         too_large: tuple[int, bytes, dict[str, str]] = (
             413, json.dumps({"error": f"the body is larger than {limit} bytes"}).encode(), {})
@@ -174,7 +185,7 @@ class PredictFastPath:
                 return too_large
             chunks.append(chunk)
             more = message.get("more_body", False)
-        return await answer_predict(current_core(), b"".join(chunks), self.settings.max_batch_rows)
+        return await answer_predict(core, b"".join(chunks), self.settings.max_batch_rows)
 
 
 # --- response and admin models (they also make the OpenAPI document) ---------------------------

@@ -1,12 +1,13 @@
 """The gateway's runtime: wires the policies (routing, breakers, retry budget) to the
 transports (scorer HTTP clients, Redis) for one worker process.
 
-One request: choose a variant (weights after breakers, sticky by card id) -> call it within
-the deadline -> on error, timeout or overload retry once on the next variant if the retry
-budget and the deadline allow -> the fallback scorer -> the gateway's own rules
-(``degraded``): the plan in ``healmesh.policies.chain`` decides each step, this module makes
-the calls. Then, off the hot path: the feature-log record and, in shadow mode, a
-bounded fire-and-forget call to the shadow target.
+One request: admitted under the worker's adaptive concurrency limit (else 503 at once) ->
+choose a variant (weights after breakers, sticky by card id) -> call it within the deadline,
+if its own limit has room -> on error, timeout or overload retry once on the next variant if
+the retry budget and the deadline allow -> the fallback scorer -> the gateway's own rules
+(``degraded``); every variant busy: 503 (``healmesh.policies.chain`` decides each step, this
+module makes the calls). Then, off the hot path: the feature-log record and, in shadow mode,
+a bounded fire-and-forget call to the shadow target, the first thing dropped under load.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from healmesh.gateway.upstreams import (
 from healmesh.heap import freeze_heap
 from healmesh.policies import readiness, routing
 from healmesh.policies.breaker import CircuitBreaker, Transition
-from healmesh.policies.chain import ChainPlan, StepKind
+from healmesh.policies.chain import LIMITED, ChainPlan, StepKind
+from healmesh.policies.concurrency import ConcurrencyLimit, Kind
 from healmesh.policies.drift_decision import DriftDecision
 from healmesh.policies.retry_budget import RetryBudget
 from healmesh.settings import Settings
@@ -100,6 +102,9 @@ class GatewayCore:
             b.listeners.append(self._on_transition)
         self.transitions: deque[dict[str, Any]] = deque(maxlen=50)  # what the admin state shows
         self.budget = RetryBudget(settings.retry_budget)
+        self.admission = ConcurrencyLimit(settings.admission_limit)
+        self.limits: dict[str, ConcurrencyLimit] = {v: ConcurrencyLimit(settings.upstream_limit)
+                                                    for v in routing.VARIANTS}
         self.in_flight = 0
         self.shadow_in_flight = 0
         self.shadow_dropped = 0
@@ -166,6 +171,9 @@ class GatewayCore:
         m.publish_weights(self.state.weights.as_dict(), self.effective_weights())
         m.control_version.set(self.state.version)
         m.in_flight.set(self.in_flight)
+        for scope, limit in (("admission", self.admission), *self.limits.items()):
+            m.concurrency_limit.labels(scope).set(limit.limit)
+            m.limit_in_flight.labels(scope).set(limit.in_flight)
         for name, b in self.breakers.items():
             m.breaker_state.labels(name).set(b.state.level)
         m.log_buffered.set(self.feature_log.buffered)
@@ -267,13 +275,22 @@ class GatewayCore:
         return routing.effective(self.state.weights, capacity)
 
     # --- one prediction ------------------------------------------------------------------
+    def saturated(self) -> Saturated | None:
+        """The shed a request would get now, before its body is read (None: it would be admitted)."""
+        verdict = self.admission.admit(self.admission.in_flight)
+        return None if verdict.admitted else Saturated(verdict.retry_after_s or 1.0)
+
     async def predict(self, rows: list[dict[str, Any]], key: str | None) -> tuple[list[dict[str, Any]], Answer]:
-        if self.in_flight >= self.s.max_in_flight:
-            self.metrics.rejected.labels("503").inc()
-            raise Saturated()
+        """Raises ``Saturated`` (503 + Retry-After) past the admission limit or when every
+        variant is busy; otherwise always answers (a model, the fallback scorer or the rules)."""
+        admitted = self.admission.try_acquire()
+        if not admitted.admitted:
+            self.count_shed("admission")
+            raise Saturated(admitted.retry_after_s or 1.0)
         t0 = time.perf_counter()
         point = routing.key_point(key) if (key and self.s.sticky_routing) else self._rng.random()
-        plan = ChainPlan(self.s.chain, self.breakers, self.budget, self.state.weights, point, started_at=t0)
+        plan = ChainPlan(self.s.chain, self.breakers, self.budget, self.state.weights, point, started_at=t0,
+                         limits=self.limits)
         self.in_flight += 1
         answer: Answer | None = None
         try:
@@ -282,6 +299,8 @@ class GatewayCore:
         finally:
             self.in_flight -= 1
             elapsed = time.perf_counter() - t0
+            # a request the variants shed is the admission limit's sign of too much load
+            self.admission.release(elapsed if answer is not None else None, dropped=plan.shed)
             self._publish_request(plan, answer, elapsed)  # also the calls of a request given up half-way
         latency_ms = round(elapsed * 1000.0, 3)
         now_s = time.time()
@@ -296,15 +315,22 @@ class GatewayCore:
         self._maybe_shadow(rows, out, answer.variant)
         return out, answer
 
+    def count_shed(self, where: str) -> None:
+        self.metrics.rejected.labels("503").inc()
+        self.metrics.shed.labels(where).inc()
+
     async def _answer(self, rows: list[dict[str, Any]], plan: ChainPlan) -> Answer:
         """The plan decides each step; this only makes the calls (see healmesh.policies.chain)."""
         encoded = [json.dumps(r).encode() for r in rows]
-        while (step := plan.next_step()).kind is not StepKind.RULES:
+        while (step := plan.next_step()).kind not in (StepKind.RULES, StepKind.SHED):
             result = await self.upstreams[step.upstream].call(encoded, step.timeout_s)
             plan.record(result.outcome.value, ok=result.outcome is Outcome.OK, seconds=result.seconds)
             if result.outcome is Outcome.OK:
                 return Answer(self._scores(result), step.upstream, fallback=plan.fallback,
                               attempts=plan.attempt_pairs())
+        if step.kind is StepKind.SHED:
+            self.count_shed("variants")
+            raise Saturated(plan.retry_after_s or self.s.upstream_limit.retry_after_s, where="variants")
         return Answer(self._rules(rows), routing.RULES, fallback=True, degraded=True, attempts=plan.attempt_pairs())
 
     def _publish_request(self, plan: ChainPlan, answer: Answer | None, elapsed: float) -> None:
@@ -314,6 +340,8 @@ class GatewayCore:
         for decision in plan.retries:
             m.retries.labels(decision.value).inc()
         for a in plan.attempts:
+            if a.outcome == LIMITED:
+                continue  # refused by its limit: no call went out (the canary judge counts calls)
             m.upstream_call(a.upstream, a.outcome, a.seconds)
         if answer is None:
             return
@@ -360,20 +388,33 @@ class GatewayCore:
         shadow = self.state.shadow
         if not shadow.enabled or shadow.target == primary:
             return
-        if self.shadow_in_flight >= self.s.shadow_max_in_flight:
+        # shadow traffic goes first under load: it gets only a share of the worker's admission
+        # limit and of its target's limit, besides its own bound
+        limit = self.limits.get(target := shadow.target)
+        if (self.shadow_in_flight >= self.s.shadow_max_in_flight
+                or not self.admission.admit(self.admission.in_flight, Kind.SHADOW).admitted
+                or (limit is not None and not limit.try_acquire(Kind.SHADOW).admitted)):
             self.shadow_dropped += 1
             self.metrics.shadow_calls.labels("dropped").inc()
+            self.metrics.shed.labels("shadow").inc()
             return
         self.shadow_in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._shadow_call(shadow.target, rows, out))
+        task = asyncio.get_running_loop().create_task(self._shadow_call(target, rows, out, limit))
         task.add_done_callback(self._shadow_done)
 
     def _shadow_done(self, _task: asyncio.Task[None]) -> None:
         self.shadow_in_flight -= 1
 
-    async def _shadow_call(self, target: str, rows: list[dict[str, Any]], out: list[dict[str, Any]]) -> None:
+    async def _shadow_call(self, target: str, rows: list[dict[str, Any]], out: list[dict[str, Any]],
+                           limit: ConcurrencyLimit | None) -> None:
         body = json.dumps({"rows": rows}).encode()
-        result = await self.upstreams[target].predict(body, len(rows), self.s.shadow_timeout_ms / 1000.0)
+        result: CallResult | None = None
+        try:
+            result = await self.upstreams[target].predict(body, len(rows), self.s.shadow_timeout_ms / 1000.0)
+        finally:
+            if limit is not None:
+                limit.release(None if result is None else result.seconds,
+                              dropped=result is not None and result.outcome in (Outcome.OVERLOADED, Outcome.TIMEOUT))
         # a shadow call is a call to its upstream: counted with the primary calls (the rollout's
         # shadow stage judges the canary's errors and latency on them)
         self.metrics.upstream_call(target, result.outcome.value, result.seconds)
@@ -413,4 +454,7 @@ class GatewayCore:
                        "agreement": (sum(self._agreement) / len(self._agreement)) if self._agreement else None},
             "upstreams": self.addresses,
             "in_flight": self.in_flight,
+            # adaptive concurrency limits of this worker: admission, and each variant's
+            "limits": {"admission": self.admission.describe(),
+                       **{v: limit.describe() for v, limit in self.limits.items()}},
         }

@@ -113,6 +113,16 @@ class GatewayMetrics:
                                multiprocess_mode="livemin")
         self.in_flight = Gauge(f"{p}_in_flight", "Requests being handled (all live workers).",
                                multiprocess_mode="livesum")
+        self.shed = Counter(f"{p}_shed", "Requests and shadow calls shed under load, by where: admission (the "
+                            "worker's limit), variants (every model variant busy), shadow (a mirror call dropped).",
+                            ["where"])
+        self.concurrency_limit = Gauge(f"{p}_concurrency_limit",
+                                       "Adaptive concurrency limit by scope: admission, or a model variant (summed "
+                                       "over the live workers: each worker has its own).", ["scope"],
+                                       multiprocess_mode="livesum")
+        self.limit_in_flight = Gauge(f"{p}_concurrency_in_flight",
+                                     "Requests holding a slot of each concurrency limit (all live workers).",
+                                     ["scope"], multiprocess_mode="livesum")
         self.drift_score = Gauge("healmesh_drift_score", "Latest drift statistic per feature (from the drift DAG).",
                                  ["feature", "statistic"], multiprocess_mode="livemax")
         self.drift_detected = Gauge("healmesh_drift_detected", "1 when the latest drift check decided drift.",
@@ -142,6 +152,8 @@ class GatewayMetrics:
             self.labels.labels(result)
         for decision in ("allowed", "denied_deadline", "denied_budget"):
             self.retries.labels(decision)
+        for where in ("admission", "variants", "shadow"):
+            self.shed.labels(where)
 
     def upstream_call(self, upstream: str, outcome: str, seconds: float) -> None:
         """One call to an upstream, primary or shadow (the canary judge reads these counters)."""

@@ -83,6 +83,10 @@ def render(state: dict[str, Any], slots: dict[str, Any], audit: list[dict[str, A
     breaker_rows = "".join(
         f"<tr><td>{_e(name)}</td><td class='breaker {_e(b['state'])}' data-breaker='{_e(name)}'>{_e(b['state'])}</td>"
         f"<td class='num'>{b['capacity']:.0%}</td></tr>" for name, b in state["breakers"].items())
+    limit_rows = "".join(
+        f"<tr><td>{_e(scope)}</td><td class='num' data-limit='{_e(scope)}'>{lim['limit']}</td>"
+        f"<td class='num'>{lim['in_flight']}</td><td class='num'>{lim['shed']['primary']}</td>"
+        f"<td class='num'>{lim['shed']['shadow']}</td></tr>" for scope, lim in state.get("limits", {}).items())
     slot_rows = ""
     for proc, s in slots.items():
         if not s:
@@ -127,6 +131,10 @@ Redis {'up' if fl['redis_up'] else 'DOWN'} · gateway worker <span id="worker">{
 <th class='num'>after breakers</th></tr>{weight_rows}</table></div>
 <div class="card"><h2>Circuit breakers</h2><table><tr><th>upstream</th><th>state</th><th class='num'>capacity</th></tr>
 {breaker_rows}</table></div>
+<div class="card"><h2>Concurrency limits</h2><table><tr><th>scope</th><th class='num'>limit</th>
+<th class='num'>in flight</th><th class='num'>shed</th><th class='num'>shadow shed</th></tr>
+{limit_rows or '<tr><td colspan=5>none</td></tr>'}</table>
+<div class="muted">adaptive, from latency; past a limit: 503 + Retry-After at once (shadow calls first)</div></div>
 <div class="card"><h2>Rollout</h2><table>
 <tr><td>stage</td><td id="rollout-stage">{_stage(rollout)}</td></tr>
 <tr><td>status</td><td id="rollout-status">{_e(rollout['status'])}</td></tr>

@@ -7,6 +7,13 @@ the next variant, if the deadline and the retry budget allow -> the fallback sco
 gateway's own rules. Every call keeps ``fallback_reserve_s`` of the deadline for the fallback
 scorer, which may then use all that is left.
 
+Load is not a fault: a variant past its concurrency limit (``healmesh.policies.concurrency``,
+asked before the call; it costs no call and no retry token) or one answering "overloaded" sends
+the request to the next variant, but when the variants were left for load alone the request is
+shed (``StepKind.SHED``: 503 at once, with Retry-After). The fallback scorer and the rules are
+for faults, not overflow capacity: used as overflow they would answer a surge with the weakest
+model, and a cheap answer under load invites more load.
+
 The plan holds the breaker ``Permit`` of the step in progress: ``record`` releases it, and so
 does ``close`` (or leaving the ``with`` block) when the caller gives up half-way (an exception,
 a cancelled request), so a half-open breaker's probe slot cannot leak.
@@ -29,16 +36,24 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from healmesh.errors import IllegalTransition
 from healmesh.policies import routing
 from healmesh.policies.breaker import CircuitBreaker, Permit
+from healmesh.policies.concurrency import ConcurrencyLimit
 from healmesh.policies.retry_budget import RetryBudget
 
 MIN_ATTEMPT_S = 0.005  # a call with less time than this left is not worth sending
 MAX_CALLS = 2  # to the weighted variants: the first choice and one retry
+LIMITED = "limited"  # the outcome of a variant refused by its concurrency limit (no call went out)
+OVERLOADED = "overloaded"  # a variant answered busy (503/429)
+LOAD_OUTCOMES = frozenset({LIMITED, OVERLOADED})
+# outcomes that say nothing of the variant's latency under load: not fed to its limit
+_NO_SAMPLE = frozenset({LIMITED})
+_DROPPED = frozenset({OVERLOADED, "timeout"})  # a limit's sign of too much load: cut at once
 
 
 class StepKind(enum.StrEnum):
     VARIANT = "variant"  # call a weighted variant
     FALLBACK = "fallback"  # call the fallback scorer
     RULES = "rules"  # answer with the gateway's own rules: the last resort, no call
+    SHED = "shed"  # every variant was busy: refuse the request at once (503 + Retry-After), no call
 
 
 class RetryDecision(enum.StrEnum):
@@ -92,6 +107,7 @@ class _Phase(enum.Enum):
     VARIANTS = "variants"
     FALLBACK = "fallback"
     RULES = "rules"
+    SHED = "shed"
     ANSWERED = "answered"
     CLOSED = "closed"
 
@@ -106,11 +122,16 @@ class ChainPlan:
 
     def __init__(self, config: ChainConfig, breakers: Mapping[str, CircuitBreaker], budget: RetryBudget,
                  weights: routing.Weights, point: float, *, started_at: float | None = None,
+                 limits: Mapping[str, ConcurrencyLimit] | None = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         """``weights``: the configured routing weights; ``point``: the routing point in [0, 1)
-        (an entity key's, or random); ``breakers``: one per variant and ``routing.FALLBACK``."""
+        (an entity key's, or random); ``breakers``: one per variant and ``routing.FALLBACK``;
+        ``limits``: a concurrency limit per variant (none: unlimited). The plan holds a
+        variant's limit slot from its step to ``record`` (or ``close``), and feeds it the time
+        in between (queueing in the gateway included: that is the latency a limit must see)."""
         self.config = config
         self._breakers = breakers
+        self._limits = limits or {}
         self._budget = budget
         self._clock = clock
         self.deadline = (clock() if started_at is None else started_at) + config.deadline_s
@@ -122,6 +143,11 @@ class ChainPlan:
         self._calls = 0  # calls to variants that went out
         self._phase = _Phase.VARIANTS
         self._pending: tuple[Step, Permit] | None = None
+        self._slot: tuple[ConcurrencyLimit, float] | None = None  # (limit, taken at) of the pending step
+        self._busy = 0  # variants left for load (limited or overloaded)
+        self._faults = 0  # variants left for a fault (error, timeout, unreachable)
+        self._shed = False
+        self.retry_after_s: float | None = None  # a limit's advice when it refused (None: the caller's default)
         self.answered_by: Step | None = None
         self.attempts: list[Attempt] = []
         self.retries: list[RetryDecision] = []
@@ -140,6 +166,10 @@ class ChainPlan:
             if step is not None:
                 return step
             self._phase = _Phase.FALLBACK
+            if self._busy and not self._faults:  # left for load alone: shed, not overflow
+                self._phase, self._shed = _Phase.SHED, True
+        if self._phase is _Phase.SHED:
+            return Step(StepKind.SHED, routing.RULES)
         if self._phase is _Phase.FALLBACK:
             self._phase = _Phase.RULES  # the fallback scorer gets one call at most
             remaining = self.deadline - self._clock()
@@ -155,6 +185,7 @@ class ChainPlan:
         step, permit = self._pending
         self._pending = None
         permit.release()
+        self._release_slot(outcome)
         self.attempts.append(Attempt(step.upstream, outcome, ok, seconds))
         if ok:
             self._phase = _Phase.ANSWERED
@@ -162,6 +193,7 @@ class ChainPlan:
             return
         if step.kind is StepKind.VARIANT:
             self._calls += 1
+            self._left_for(outcome)
             self._fail_over(step.upstream)
 
     def close(self) -> None:
@@ -169,6 +201,9 @@ class ChainPlan:
         if self._pending is not None:
             self._pending[1].release()
             self._pending = None
+        if self._slot is not None:  # abandoned: no sample for the limit
+            self._slot[0].release(None)
+            self._slot = None
         if self._phase is not _Phase.ANSWERED:
             self._phase = _Phase.CLOSED
 
@@ -189,6 +224,11 @@ class ChainPlan:
     def degraded(self) -> bool:
         """The answer came from the gateway's own rules."""
         return self.answered_by is None
+
+    @property
+    def shed(self) -> bool:
+        """The plan refused the request for load (its last step was ``StepKind.SHED``)."""
+        return self._shed
 
     def attempt_pairs(self) -> list[tuple[str, str]]:
         """(upstream, outcome) of every call, in order."""
@@ -214,8 +254,33 @@ class ChainPlan:
             if timeout < self.config.min_attempt_s:
                 permit.release()
                 return None
+            limit = self._limits.get(candidate)
+            if limit is not None:
+                admission = limit.try_acquire()
+                if not admission.admitted:  # no call went out: no call counted, no token spent
+                    permit.release()
+                    self.attempts.append(Attempt(candidate, LIMITED, False))
+                    self.retry_after_s = admission.retry_after_s
+                    self._left_for(LIMITED)
+                    self._fail_over(candidate)
+                    continue
+                self._slot = (limit, self._clock())
             return self._hold(Step(StepKind.VARIANT, candidate, timeout), permit)
         return None
+
+    def _left_for(self, outcome: str) -> None:
+        if outcome in LOAD_OUTCOMES:
+            self._busy += 1
+        else:
+            self._faults += 1
+
+    def _release_slot(self, outcome: str) -> None:
+        if self._slot is None:
+            return
+        limit, taken = self._slot
+        self._slot = None
+        sample = None if outcome in _NO_SAMPLE else self._clock() - taken
+        limit.release(sample, dropped=outcome in _DROPPED)
 
     def _retry_decision(self, room: float) -> RetryDecision:
         """The deadline first: a token is spent only for a retry that really goes out."""

@@ -1,6 +1,7 @@
 """An adaptive concurrency limit (issue 12, item 1): how many requests may be in flight at once,
 found from measured latency rather than set by hand. Pure: samples and an injected clock in, a
-limit and admission answers out; the gateway (not wired yet) would call it per request.
+limit and admission answers out. The gateway holds one for its admission and one per model
+upstream (``healmesh.policies.chain`` asks the upstream's before each call).
 
 The rule is the gradient of Netflix's concurrency-limits (Gradient2) with a latency target, as
 Envoy's adaptive concurrency filter has one:
@@ -43,7 +44,11 @@ class LimiterConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     initial_limit: float = 64.0
-    min_limit: float = 4.0
+    # the floor: never shed below this many in flight. A slow server (a latency fault, a cold
+    # process) looks like a queue to a gradient and would drive the limit to nothing. 64 per
+    # worker: a 64-client load is never shed, whichever worker its connections land on (at 32,
+    # 64 clients on 2 workers were shed 15 % of the time: bench/profile_gateway.py)
+    min_limit: float = 64.0
     max_limit: float = 1024.0
     # a card authorisation waits about 100 ms for the score: past it an answer is as bad as none
     latency_target_s: float = 0.1
@@ -91,7 +96,10 @@ class Admission:
 
 
 class ConcurrencyLimit:
-    """One limit (the gateway's admission, or one upstream's). Not thread-safe: one event loop."""
+    """One limit (the gateway's admission, or one upstream's). Not thread-safe: one event loop.
+
+    Two ways to use it: ``try_acquire`` / ``release`` when it counts its own in-flight
+    requests (the gateway does), or ``admit`` / ``record`` with a count kept elsewhere."""
 
     def __init__(self, config: LimiterConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config or LimiterConfig()
@@ -102,6 +110,8 @@ class ConcurrencyLimit:
         self._sum = 0.0
         self._n = 0
         self._peak = 0
+        self.in_flight = 0  # taken by try_acquire, given back by release
+        self.shed = {Kind.PRIMARY: 0, Kind.SHADOW: 0}  # refusals by try_acquire
 
     @property
     def limit(self) -> int:
@@ -120,6 +130,30 @@ class ConcurrencyLimit:
         what = "the concurrency limit" if kind is Kind.PRIMARY else "the shadow share of the limit"
         return Admission(False, self.limit, in_flight, self.config.retry_after_s,
                          f"{in_flight} in flight reached {what} ({cap})")
+
+    def try_acquire(self, kind: Kind = Kind.PRIMARY) -> Admission:
+        """``admit`` against this limit's own in-flight count; an admitted request holds a slot
+        until ``release``."""
+        answer = self.admit(self.in_flight, kind)
+        if answer.admitted:
+            self.in_flight += 1
+        else:
+            self.shed[kind] += 1
+        return answer
+
+    def release(self, latency_s: float | None, dropped: bool = False) -> None:
+        """Give back a slot of ``try_acquire``; ``latency_s`` None: the request was abandoned
+        (cancelled), which says nothing about the server."""
+        if self.in_flight <= 0:
+            raise ValueError("release without a slot taken")
+        if latency_s is not None or dropped:
+            self.record(latency_s or 0.0, self.in_flight, dropped)
+        self.in_flight -= 1
+
+    def describe(self) -> dict[str, object]:
+        return {"limit": self.limit, "in_flight": self.in_flight, "baseline_ms":
+                None if self._baseline is None else round(self._baseline * 1000.0, 2),
+                "shed": {k.value: v for k, v in self.shed.items()}}
 
     def record(self, latency_s: float, in_flight: int, dropped: bool = False) -> None:
         """One request ended after ``latency_s``; ``in_flight`` were running as it ended (itself

@@ -218,15 +218,22 @@ def test_breaker_opens_on_a_failing_scorer_and_traffic_ramps_back(one_worker, sc
 
 
 def test_overload_sheds_to_other_variants_without_tripping(gateway, scorers):
+    """A scorer answering busy (503) is load, not a fault: its requests go to the other variant
+    within the retry budget, the rest are shed with 503 + Retry-After; the fallback scorer is
+    never used as overflow capacity (issue 12; it answered them before)."""
     url, xgb = gateway.url, scorers["xgboost"].url
     httpx.put(xgb + "/admin/faults", headers=AUTH, json={"error_rate": 1.0, "status": 503})
     try:
         replies = run(url + "/api/v1/predict", anonymous(300, seed=8), concurrency=8)
-        no_errors(replies)
         breakers = {w: st["breakers"]["xgboost_stable"]["state"] for w, st in worker_states(gateway).items()}
         assert set(breakers.values()) == {"closed"}, breakers  # busy is not broken, in any worker
-        assert not any(r.body["variant"] == "xgboost_stable" for r in replies)
-        assert any(r.body["variant"] == "pytorch" for r in replies)
+        answered = [r for r in replies if r.status == 200]
+        shed = [r for r in replies if r.status != 200]
+        assert {r.body["variant"] for r in answered} == {"pytorch"}, collections.Counter(
+            r.body["variant"] for r in answered)  # neither xgboost nor the fallback scorer nor the rules
+        assert all(r.status == 503 and r.body == {"error": "gateway saturated"} and r.headers["retry-after"] == "1"
+                   for r in shed), collections.Counter(r.status for r in shed)
+        assert len(answered) >= 50  # about pytorch's own share (60 of 300) and the retries the budget allowed
     finally:
         httpx.delete(xgb + "/admin/faults", headers=AUTH)
 
@@ -462,7 +469,8 @@ def test_schemathesis_finds_no_server_error(scorers, redis_srv, session_dir):
 
 
 def test_a_saturated_gateway_sheds_with_503_and_retry_after(scorers, redis_srv, session_dir):
-    gw = start_gateway(session_dir, redis_srv.port, scorer_urls(scorers), tag="full", HEALMESH_MAX_IN_FLIGHT="4")
+    gw = start_gateway(session_dir, redis_srv.port, scorer_urls(scorers), tag="full",
+                       **limits("ADMISSION", floor=2, ceiling=4))
     slow = [scorers[name].url for name in ("xgboost", "pytorch")]
     try:
         for url in slow:
@@ -478,6 +486,50 @@ def test_a_saturated_gateway_sheds_with_503_and_retry_after(scorers, redis_srv, 
     finally:
         for url in slow:
             httpx.delete(url + "/admin/faults", headers=AUTH)
+        gw.stop()
+
+
+def limits(scope: str, floor: int, ceiling: int) -> dict[str, str]:
+    """Env for a small adaptive limit (``scope``: ADMISSION or UPSTREAM), starting at its ceiling."""
+    return {f"HEALMESH_{scope}_LIMIT__MIN_LIMIT": str(floor), f"HEALMESH_{scope}_LIMIT__INITIAL_LIMIT": str(ceiling),
+            f"HEALMESH_{scope}_LIMIT__MAX_LIMIT": str(ceiling)}
+
+
+def test_far_above_its_limits_the_gateway_answers_fast_503s_and_no_client_waits_out(scorers, redis_srv,
+                                                                                     session_dir):
+    """256 clients against limits of a few requests per worker (issue 12): every request is
+    answered (no client timeout, no connection error), the ones past the limits with 503 +
+    Retry-After before any scorer call (the admission limit, or every variant's own limit), the
+    admitted ones by a model, never by the fallback scorer or the rules as overflow."""
+    gw = start_gateway(session_dir, redis_srv.port, scorer_urls(scorers), tag="limits",
+                       **limits("ADMISSION", floor=2, ceiling=8), **limits("UPSTREAM", floor=1, ceiling=2))
+    try:
+        replies = run(gw.url + "/api/v1/predict", anonymous(3_000, seed=21), concurrency=256, timeout=30.0)
+        statuses = collections.Counter(r.status for r in replies)
+        assert set(statuses) == {200, 503} and len(replies) == 3_000, statuses  # 0: a client timeout or reset
+        assert all(r.body == {"error": "gateway saturated"} and r.headers["retry-after"] == "1"
+                   for r in replies if r.status == 503)
+        by_models = [r for r in replies if r.status == 200 and not r.body["fallback"]]
+        not_by_models = [r for r in replies if r.status == 200 and r.body["fallback"]]
+        assert {r.body["variant"] for r in by_models} <= {"xgboost_stable", "pytorch"}
+        text = httpx.get(gw.url + "/metrics").text
+        shed = {w: metric_value(text, "healmesh_gateway_shed_total", where=w) or 0.0
+                for w in ("admission", "variants", "shadow")}
+        assert shed["admission"] + shed["variants"] == statuses[503] and shed["admission"] > 0, shed
+        assert shed["variants"] > 0, shed  # the variants' own limits (2 each) are below admission's (8)
+        variants = ("xgboost_stable", "pytorch")
+        calls = sum(metric_value(text, "healmesh_gateway_upstream_calls_total", upstream=v, result="ok") or 0.0
+                    for v in variants)
+        assert calls == len(by_models)  # a shed request made no scorer call
+        # the fallback scorer and the rules answer faults only (a call that failed), never overflow
+        faults = sum(metric_value(text, "healmesh_gateway_upstream_calls_total", upstream=v, result=r) or 0.0
+                     for v in variants for r in ("error", "timeout", "unreachable"))
+        assert len(not_by_models) <= faults, (len(not_by_models), faults)
+        # 8 a worker, 2 workers
+        assert (metric_value(text, "healmesh_gateway_concurrency_limit", scope="admission") or 99) <= 16
+        for st in worker_states(gw).values():
+            assert st["limits"]["admission"]["limit"] <= 8 and st["limits"]["xgboost_stable"]["limit"] <= 2
+    finally:
         gw.stop()
 
 

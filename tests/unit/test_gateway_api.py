@@ -59,7 +59,8 @@ def call(app, method: str, path: str, body: bytes = b"") -> tuple[int, dict[byte
 
 
 def test_every_answer_names_the_worker_that_gave_it(monkeypatch):
-    monkeypatch.setattr(api, "current_core", lambda: SimpleNamespace(metrics=SimpleNamespace(instance_id="abc123")))
+    monkeypatch.setattr(api, "current_core", lambda: SimpleNamespace(metrics=SimpleNamespace(instance_id="abc123"),
+                                                                     saturated=lambda: None))
 
     async def inner(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
@@ -84,3 +85,20 @@ def test_no_core_no_header(monkeypatch):
 
     status, headers, _ = call(api.PredictFastPath(inner), "GET", "/livez")
     assert status == 204 and b"x-healmesh-worker" not in headers
+
+
+def test_past_the_admission_limit_the_fast_path_sheds_before_reading_the_body(monkeypatch):
+    from healmesh.errors import Saturated
+
+    shed: list[str] = []
+    core = SimpleNamespace(metrics=SimpleNamespace(instance_id="abc123"), saturated=lambda: Saturated(1.5),
+                           count_shed=shed.append)
+    monkeypatch.setattr(api, "current_core", lambda: core)
+
+    async def never(scope, receive, send):
+        raise AssertionError("a shed request reached the app")
+
+    app = api.PredictFastPath(never)
+    status, headers, body = call(app, "POST", "/api/v1/predict", b"not even parsed")
+    assert (status, json.loads(body), headers[b"retry-after"]) == (503, {"error": "gateway saturated"}, b"2")
+    assert shed == ["admission"]

@@ -78,3 +78,20 @@ def test_the_rollouts_shadow_stage_is_shown_with_the_mirror_and_its_agreement():
     running = apply_change(control, "rollout", Rollout(10, "4", RolloutStatus.RUNNING), stages)
     page = render({**state, "control": running.describe()}, {}, [], [])
     assert '<td id="rollout-stage">10%</td>' in page and '<td id="shadow">off</td>' in page
+
+
+def test_the_workers_concurrency_limits_are_shown_with_what_they_shed():
+    from healmesh.control.state import ControlState
+    from healmesh.gateway.status_page import render
+    from healmesh.policies.concurrency import ConcurrencyLimit, Kind, LimiterConfig
+
+    limit = ConcurrencyLimit(LimiterConfig(initial_limit=2, min_limit=1, max_limit=2))
+    for kind in (Kind.PRIMARY, Kind.PRIMARY, Kind.PRIMARY, Kind.SHADOW):
+        limit.try_acquire(kind)
+    control = ControlState()
+    state = {"control": control.describe(), "effective_weights": control.weights.as_dict(), "breakers": {},
+             "feature_log": {"written": 0, "buffered": 0, "dropped": 0, "redis_up": True},
+             "shadow": {}, "worker": {"instance_id": "w1"}, "limits": {"admission": limit.describe()}}
+    page = render(state, {}, [], [])
+    assert ("<td>admission</td><td class='num' data-limit='admission'>2</td><td class='num'>2</td>"
+            "<td class='num'>1</td><td class='num'>1</td>") in page

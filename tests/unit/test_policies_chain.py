@@ -3,6 +3,7 @@ import pytest
 from healmesh.policies import routing
 from healmesh.policies.breaker import BreakerConfig, CircuitBreaker, State
 from healmesh.policies.chain import MIN_ATTEMPT_S, ChainConfig, ChainPlan, RetryDecision, StepKind
+from healmesh.policies.concurrency import ConcurrencyLimit, LimiterConfig
 from healmesh.policies.retry_budget import RetryBudget, RetryBudgetConfig
 
 STABLE, CANARY, PYTORCH, FALLBACK = routing.XGB_STABLE, routing.XGB_CANARY, routing.PYTORCH, routing.FALLBACK
@@ -253,7 +254,7 @@ def test_the_probe_slot_comes_back_when_the_retry_is_denied():
     w.half_open(PYTORCH)
     with w.plan({STABLE: 0.8, PYTORCH: 0.2}) as plan:
         assert plan.next_step().upstream == STABLE  # both wait for a probe: the first configured
-        plan.record("overloaded", ok=False)
+        plan.record("error", ok=False)
         assert plan.next_step().kind is StepKind.FALLBACK  # pytorch's slot taken, then the budget said no
     assert plan.retries == [RetryDecision.DENIED_BUDGET]
     assert w.probe_slot_free(STABLE) and w.probe_slot_free(PYTORCH)
@@ -295,3 +296,73 @@ def test_config_errors_read_must_be_but_was():
         ChainConfig(deadline_s=0)
     with pytest.raises(ValueError, match="fallback_reserve_s must be >= 0"):
         ChainConfig(fallback_reserve_s=-1)
+
+
+# --- load is not a fault: limits, overload and shedding (issue 12) ------------------------------
+
+def limits(clock: Clock, **caps: int) -> dict[str, ConcurrencyLimit]:
+    config = LimiterConfig(initial_limit=1, min_limit=1, max_limit=8, retry_after_s=2.0)
+    out = {n: ConcurrencyLimit(config, clock=clock) for n in routing.VARIANTS}
+    for name, taken in caps.items():
+        for _ in range(taken):
+            assert out[name].try_acquire().admitted
+    return out
+
+
+def test_a_variant_past_its_limit_costs_no_call_and_no_token_and_the_next_variant_answers():
+    w = World(retries=0)
+    held = limits(w.clock, **{STABLE: 1})
+    with ChainPlan(CONFIG, w.breakers, w.budget, routing.Weights.parse({STABLE: 0.8, PYTORCH: 0.2}), 0.0,
+                   limits=held, clock=w.clock) as plan:
+        step = plan.next_step()
+        assert step.upstream == PYTORCH and held[PYTORCH].in_flight == 1  # stable was full: no retry token needed
+        w.clock.advance(0.02)
+        plan.record("ok", ok=True)
+    assert held[PYTORCH].in_flight == 0 and held[STABLE].shed["primary"] == 1
+    assert plan.attempt_pairs() == [(STABLE, "limited"), (PYTORCH, "ok")] and not plan.shed
+
+
+def test_every_variant_busy_sheds_instead_of_using_the_fallback_as_overflow():
+    w = World()
+    held = limits(w.clock, **{STABLE: 1, PYTORCH: 1})
+    with ChainPlan(CONFIG, w.breakers, w.budget, routing.Weights.parse({STABLE: 0.8, PYTORCH: 0.2}), 0.0,
+                   limits=held, clock=w.clock) as plan:
+        step = plan.next_step()
+        assert step.kind is StepKind.SHED and plan.next_step().kind is StepKind.SHED
+    assert plan.shed and plan.retry_after_s == 2.0 and plan.fallback
+    assert plan.attempts[-1].upstream == PYTORCH and w.tokens_left() == 10  # no call, no token spent
+
+
+def test_overloaded_answers_shed_too_but_a_fault_still_goes_to_the_fallback_scorer():
+    w = World()
+    with w.plan({STABLE: 0.8, PYTORCH: 0.2}) as plan:
+        plan.next_step()
+        plan.record("overloaded", ok=False)
+        assert plan.next_step().upstream == PYTORCH  # load is shed to another variant first
+        plan.record("overloaded", ok=False)
+        assert plan.next_step().kind is StepKind.SHED and plan.retry_after_s is None
+    w = World()
+    with w.plan({STABLE: 0.8, PYTORCH: 0.2}) as plan:
+        plan.next_step()
+        plan.record("error", ok=False)
+        assert plan.next_step().upstream == PYTORCH
+        plan.record("overloaded", ok=False)
+        assert plan.next_step().kind is StepKind.FALLBACK  # a fault was seen: the fallback chain goes on
+    assert not plan.shed
+
+
+def test_the_limit_hears_the_calls_latency_and_an_abandoned_call_gives_its_slot_back():
+    w = World()
+    held = limits(w.clock)
+    with pytest.raises(TimeoutError), ChainPlan(
+            CONFIG, w.breakers, w.budget, routing.Weights.parse({STABLE: 1.0}), 0.0, limits=held,
+            clock=w.clock) as plan:
+        assert plan.next_step().upstream == STABLE and held[STABLE].in_flight == 1
+        raise TimeoutError
+    assert held[STABLE].in_flight == 0
+    limit = ConcurrencyLimit(LimiterConfig(initial_limit=4, min_limit=1, backoff=0.5), clock=w.clock)
+    with ChainPlan(CONFIG, w.breakers, w.budget, routing.Weights.parse({STABLE: 1.0}), 0.0,
+                   limits={STABLE: limit}, clock=w.clock) as plan:
+        plan.next_step()
+        plan.record("timeout", ok=False)  # a timed-out call is a drop: the limit is cut at once
+    assert limit.limit == 2 and limit.in_flight == 0
