@@ -279,6 +279,9 @@ def gateway_policy(max_predict_bytes: int) -> RoutePolicy:
     return RoutePolicy(rules=(
         # the fast path parses the body itself, with loads_strict: one parse per request
         RouteRule("/api/v1/predict", Access.PUBLIC, max_predict_bytes, check_json=False),
+        # BentoML's typed predict API (the same prediction); its pydantic parser lets a duplicate key's
+        # last value win, so the strict parse here refuses what the fast path refuses
+        RouteRule("/predict", Access.PUBLIC, max_predict_bytes),
         RouteRule("/api/v1/feedback", Access.LABELLER, 4 * KB),
         RouteRule("/api/v1/feedback/batch", Access.LABELLER, 512 * KB),  # 1,000 labels of ~80 bytes
         RouteRule("/api/v1/alerts", Access.ALERTS, ALERTS_BODY),

@@ -22,7 +22,9 @@ TOKENS = Tokens(admin="admin-token-123", labeller="label-token-123")
 
 def test_every_gateway_route_has_the_credential_the_threat_model_names():
     policy = gateway_policy(1_000_000)
-    assert policy.rule_for("/api/v1/predict").access is Access.PUBLIC
+    for path in ("/api/v1/predict", "/predict"):  # the fast path and BentoML's typed API
+        rule = policy.rule_for(path)
+        assert rule.access is Access.PUBLIC and rule.max_body == 1_000_000, path
     assert policy.rule_for("/api/v1/feedback").access is Access.LABELLER
     assert policy.rule_for("/api/v1/feedback/batch").access is Access.LABELLER
     for path in ("/api/v1/admin", "/api/v1/admin/weights", "/api/v1/admin/labels/abc"):
