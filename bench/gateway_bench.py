@@ -1,12 +1,14 @@
 """Gateway benchmarks (127.0.0.1 only, bounded in time):
 
-- overhead: 64 concurrent clients for 30 s straight to the XGBoost scorer, then through the
-  gateway (default 80/20 routing), in the same run (wrk: req/s, p50/p95/p99, errors);
+- overhead: 64 concurrent clients straight to the XGBoost scorer and through the gateway
+  (default 80/20 routing), alternated over ``--rounds`` rounds (wrk: req/s, p50/p95/p99,
+  errors; median and spread). The comparison with a one-hop server doing the mesh's work (both
+  models, 80/20) is ``bench/overload_bench.py``;
 - chaos: 60 s of steady load through the gateway; the XGBoost scorer is killed at 20 s and
   started again at 40 s: client errors, seconds until its breaker opened, seconds from the
   restart until it carries its full share again.
 
-    python bench/gateway_bench.py [--run overhead|chaos|all] [--out bench/results]
+    python bench/gateway_bench.py [--run overhead|chaos|all] [--duration 15] [--rounds 3] [--out bench/results]
 
 Writes ``gateway_bench.json`` and ``gateway_bench.md``. Self-contained: trains a model into a
 temporary home, starts its own Redis, scorers and gateway, and stops them.
@@ -32,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import one_transaction, prepare, run_wrk, write_results  # noqa: E402
+from common import fmt, one_transaction, prepare, run_order, run_wrk, spread, write_results  # noqa: E402
 
 from healmesh import schema  # noqa: E402
 from healmesh.data import generate  # noqa: E402
@@ -76,13 +78,21 @@ class Mesh:
                          timeout=5).json()
 
 
-def overhead(mesh: Mesh, duration: int, work: Path) -> dict[str, Any]:
+def overhead(mesh: Mesh, duration: int, rounds: int, work: Path) -> dict[str, Any]:
     tx = one_transaction()  # no card id: routed by the weights, not stuck to one variant
     run_wrk(mesh.gateway.url + "/api/v1/predict", json.dumps(tx), 16, 3, work)  # warm-up
-    direct = run_wrk(mesh.scorers["xgboost"].url + "/predict", json.dumps({"rows": [tx]}), 64, duration, work)
-    through = run_wrk(mesh.gateway.url + "/api/v1/predict", json.dumps(tx), 64, duration, work)
-    return {"direct_xgboost_scorer": direct, "through_gateway": through,
-            "gateway_share_of_direct_rps": round(through["rps"] / direct["rps"], 3)}
+    targets = {"direct_xgboost_scorer": (mesh.scorers["xgboost"].url + "/predict", json.dumps({"rows": [tx]})),
+               "through_gateway": (mesh.gateway.url + "/api/v1/predict", json.dumps(tx))}
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in targets}
+    for k in range(rounds):
+        for label in run_order(list(targets), k):
+            url, body = targets[label]
+            runs[label].append(run_wrk(url, body, 64, duration, work))
+    ratios = [g["rps"] / d["rps"] for g, d in zip(runs["through_gateway"], runs["direct_xgboost_scorer"], strict=True)]
+    out: dict[str, Any] = {label: {**{key: spread(r[key] for r in rs) for key in ("rps", "p50_ms", "p95_ms", "p99_ms")},
+                                   "errors": sum(sum(r["errors"].values()) for r in rs), "runs": rs}
+                           for label, rs in runs.items()}
+    return {**out, "gateway_share_of_direct_rps": spread(ratios), "rounds": rounds, "duration_s": duration}
 
 
 def chaos(mesh: Mesh, concurrency: int = 16, total_s: float = 60.0, kill_at: float = 20.0,
@@ -166,13 +176,14 @@ def render(meta: dict[str, Any], results: dict[str, Any]) -> str:
              f"{meta['machine']}, {meta['cpus']} CPUs, {workers} gateway worker{'s' if workers != 1 else ''}.", ""]
     if "overhead" in results:
         o = results["overhead"]
-        lines += ["## Overhead: 64 clients, wrk, one transaction per request", "",
+        lines += [f"## Overhead: 64 clients, wrk, one transaction per request ({o['rounds']} rounds of "
+                  f"{o['duration_s']} s, alternated; median (min-max))", "",
                   "| path | req/s | p50 ms | p95 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|"]
         for label in ("direct_xgboost_scorer", "through_gateway"):
             r = o[label]
-            lines.append(f"| {label} | {r['rps']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | "
-                         f"{sum(r['errors'].values())} |")
-        lines += ["", f"Gateway throughput = {o['gateway_share_of_direct_rps']:.0%} of direct.", ""]
+            lines.append(f"| {label} | {fmt(r['rps'])} | {fmt(r['p50_ms'], 2)} | {fmt(r['p95_ms'], 2)} | "
+                         f"{fmt(r['p99_ms'], 2)} | {r['errors']} |")
+        lines += ["", f"Gateway throughput / direct: {fmt(o['gateway_share_of_direct_rps'], 2)} (per round).", ""]
     if "chaos" in results:
         c = results["chaos"]
         lines += ["## Chaos: XGBoost scorer killed at 20 s, restarted at 40 s (60 s of load)", "",
@@ -189,7 +200,8 @@ def render(meta: dict[str, Any], results: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", choices=["overhead", "chaos", "all"], default="all")
-    ap.add_argument("--duration", type=int, default=30, help="seconds per overhead measurement")
+    ap.add_argument("--duration", type=int, default=15, help="seconds per overhead measurement")
+    ap.add_argument("--rounds", type=int, default=3, help="alternated rounds of the overhead comparison")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--rows", type=int, default=40_000)
     args = ap.parse_args()
@@ -199,8 +211,9 @@ def main() -> None:
         if args.run in ("overhead", "all"):
             with Mesh(bench.work, bench.env) as mesh:
                 print("== overhead", flush=True)
-                results["overhead"] = overhead(mesh, args.duration, bench.work)
-                print(json.dumps(results["overhead"], indent=1), flush=True)
+                results["overhead"] = overhead(mesh, args.duration, args.rounds, bench.work)
+                print(json.dumps({k: v for k, v in results["overhead"].items() if k != "runs"}, indent=1,
+                                 default=str), flush=True)
         if args.run in ("chaos", "all"):
             with Mesh(bench.work, bench.env) as mesh:
                 print("== chaos", flush=True)
