@@ -40,7 +40,7 @@ from healmesh.gateway.upstreams import (
 from healmesh.heap import freeze_heap
 from healmesh.policies import readiness, routing
 from healmesh.policies.breaker import CircuitBreaker, Transition
-from healmesh.policies.chain import LIMITED, ChainPlan, StepKind
+from healmesh.policies.chain import DROPPED, LIMITED, ChainPlan, StepKind
 from healmesh.policies.concurrency import ConcurrencyLimit, Kind
 from healmesh.policies.drift_decision import DriftDecision
 from healmesh.policies.retry_budget import RetryBudget
@@ -105,7 +105,6 @@ class GatewayCore:
         self.admission = ConcurrencyLimit(settings.admission_limit)
         self.limits: dict[str, ConcurrencyLimit] = {v: ConcurrencyLimit(settings.upstream_limit)
                                                     for v in routing.VARIANTS}
-        self.in_flight = 0
         self.shadow_in_flight = 0
         self.shadow_dropped = 0
         self._agreement: deque[bool] = deque(maxlen=1_000)
@@ -291,13 +290,11 @@ class GatewayCore:
         point = routing.key_point(key) if (key and self.s.sticky_routing) else self._rng.random()
         plan = ChainPlan(self.s.chain, self.breakers, self.budget, self.state.weights, point, started_at=t0,
                          limits=self.limits)
-        self.in_flight += 1
         answer: Answer | None = None
         try:
             with plan:
                 answer = await self._answer(rows, plan)
         finally:
-            self.in_flight -= 1
             elapsed = time.perf_counter() - t0
             # a request the variants shed is the admission limit's sign of too much load
             self.admission.release(elapsed if answer is not None else None, dropped=plan.shed)
@@ -314,6 +311,11 @@ class GatewayCore:
             self._log_primary(row, o, now)
         self._maybe_shadow(rows, out, answer.variant)
         return out, answer
+
+    @property
+    def in_flight(self) -> int:
+        """Requests this worker is handling: the slots its admission limit has given out."""
+        return self.admission.in_flight
 
     def count_shed(self, where: str) -> None:
         self.metrics.rejected.labels("503").inc()
@@ -414,7 +416,7 @@ class GatewayCore:
         finally:
             if limit is not None:
                 limit.release(None if result is None else result.seconds,
-                              dropped=result is not None and result.outcome in (Outcome.OVERLOADED, Outcome.TIMEOUT))
+                              dropped=result is not None and result.outcome.value in DROPPED)
         # a shadow call is a call to its upstream: counted with the primary calls (the rollout's
         # shadow stage judges the canary's errors and latency on them)
         self.metrics.upstream_call(target, result.outcome.value, result.seconds)

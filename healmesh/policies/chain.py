@@ -46,7 +46,7 @@ OVERLOADED = "overloaded"  # a variant answered busy (503/429)
 LOAD_OUTCOMES = frozenset({LIMITED, OVERLOADED})
 # outcomes that say nothing of the variant's latency under load: not fed to its limit
 _NO_SAMPLE = frozenset({LIMITED})
-_DROPPED = frozenset({OVERLOADED, "timeout"})  # a limit's sign of too much load: cut at once
+DROPPED = frozenset({OVERLOADED, "timeout"})  # a limit's sign of too much load: cut at once
 
 
 class StepKind(enum.StrEnum):
@@ -280,7 +280,7 @@ class ChainPlan:
         limit, taken = self._slot
         self._slot = None
         sample = None if outcome in _NO_SAMPLE else self._clock() - taken
-        limit.release(sample, dropped=outcome in _DROPPED)
+        limit.release(sample, dropped=outcome in DROPPED)
 
     def _retry_decision(self, room: float) -> RetryDecision:
         """The deadline first: a token is spent only for a retry that really goes out."""
