@@ -21,15 +21,17 @@ $(STAMP): requirements.lock pyproject.toml
 venv: $(STAMP)
 
 # Debian packages the project runs or tests with (installed only when missing; needs root).
-SYSTEM_PACKAGES := redis-server wrk chromium prometheus prometheus-alertmanager docker-compose
+SYSTEM_PACKAGES := redis-server wrk chromium prometheus prometheus-alertmanager docker-compose haproxy
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q $$missing >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; }; \
 	  else echo "please install:$$missing (apt-get)"; exit 1; fi; fi
 
+# PROFILE=cluster: the cluster rehearsal (PostgreSQL, Airflow on Celery, two gateways behind HAProxy)
+PROFILE ?= local
 up: venv system-deps
-	$(VENV)/bin/healmesh up
+	$(VENV)/bin/healmesh up --profile $(PROFILE)
 
 down: venv
 	$(VENV)/bin/healmesh down

@@ -34,7 +34,7 @@ import pendulum
 from airflow.sdk import Asset, Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from healmesh.lifecycle.airflow_tasks import CHALLENGER_ASSET, rollout_settings
+from healmesh.lifecycle.airflow_tasks import CHALLENGER_ASSET, CRASH_RETRY, rollout_settings
 
 CHALLENGER = Asset(CHALLENGER_ASSET)
 
@@ -50,6 +50,7 @@ RETRY = {"retry_delay": timedelta(seconds=CONF["retry_delay_s"]), "retry_exponen
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    default_args=CRASH_RETRY,
     doc_md=__doc__,
     tags=["healmesh", "lifecycle"],
     params={"version": Param(None, type=["null", "string"], description="version to roll out (default: challenger)")},

@@ -22,7 +22,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
 
-from healmesh.lifecycle.airflow_tasks import DRIFT_ASSET, drift_schedule
+from healmesh.lifecycle.airflow_tasks import CRASH_RETRY, DRIFT_ASSET, drift_schedule
 
 DRIFT = Asset(DRIFT_ASSET)
 
@@ -35,6 +35,7 @@ SCHEDULE = drift_schedule()  # the environment only: cheap at parse time, never 
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    default_args=CRASH_RETRY,
     doc_md=__doc__,
     tags=["healmesh", "lifecycle"],
     params={

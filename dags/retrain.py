@@ -27,7 +27,7 @@ import pendulum
 from airflow.sdk import Asset, Param, PokeReturnValue, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from healmesh.lifecycle.airflow_tasks import CHALLENGER_ASSET, DRIFT_ASSET, challenger_wait_settings
+from healmesh.lifecycle.airflow_tasks import CHALLENGER_ASSET, CRASH_RETRY, DRIFT_ASSET, challenger_wait_settings
 from healmesh.lifecycle.report_ids import REPORT_ID_PATTERN
 
 DRIFT = Asset(DRIFT_ASSET)
@@ -42,6 +42,7 @@ WAIT = challenger_wait_settings()  # the environment only: cheap at parse time, 
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    default_args=CRASH_RETRY,
     doc_md=__doc__,
     tags=["healmesh", "lifecycle"],
     params={

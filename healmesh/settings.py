@@ -73,6 +73,28 @@ class FeatureLogConfig(BaseModel):
     flush_interval_ms: float = Field(default=20.0, gt=0)
 
 
+class ClusterConfig(BaseModel):
+    """The cluster rehearsal, `healmesh up --profile cluster` (``HEALMESH_CLUSTER__<NAME>``;
+    healmesh.ops.cluster): every part its own home, as if on its own machine."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # the gateway instances behind the load balancer (which listens on gateway_port)
+    gateway_ports: tuple[int, ...] = Field(default=(8010, 8011), min_length=2)
+    # one uvicorn worker each: two instances on two cores already fill them
+    gateway_workers: int = Field(default=1, ge=1)
+    celery_workers: int = Field(default=2, ge=1, le=8)
+    celery_concurrency: int = Field(default=2, ge=1)
+    # each Celery worker serves its task logs to the api-server on its own port, from this one up
+    worker_log_port: int = Field(default=8793, ge=1, le=65_000)
+    # an account that may create roles and databases; `up` creates Airflow's and MLflow's, each with
+    # its own generated password (a 0600 file under home/secrets)
+    postgres_admin_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    # a task whose worker died is failed (then retried) after this long without a heartbeat
+    # (Airflow's default, 300 s, would hold the loop five minutes per killed worker)
+    task_heartbeat_timeout_s: int = Field(default=30, ge=5)
+
+
 class RetrainConfig(BaseModel):
     """The retraining DAG: the window it reads, what a training set needs, and the gate
     (``HEALMESH_RETRAIN__<NAME>``)."""
@@ -253,6 +275,8 @@ class Settings(BaseSettings):
     # it sends alerts to (which posts them to the gateway's POST /api/v1/alerts): healmesh.ops.alerting
     prometheus_port: int = Field(default=9090, ge=1, le=65_535)
     alertmanager_port: int = Field(default=9093, ge=1, le=65_535)
+    # the cluster rehearsal (`healmesh up --profile cluster`)
+    cluster: ClusterConfig = ClusterConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -5,11 +5,17 @@ connection; each function returns plain JSON-able data (it becomes an XCom)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from healmesh.settings import Settings, get_settings
 
 # The assets that chain the DAGs: drift_monitor -> retrain -> canary_rollout.
+# Every task of the three DAGs: a task whose worker died (the scheduler fails it once its heartbeat
+# stops: HEALMESH_CLUSTER__TASK_HEARTBEAT_TIMEOUT_S in the rehearsal) runs again on another worker.
+# Each is safe to repeat; a judged failure raises AirflowFailException, which is never retried.
+CRASH_RETRY: dict[str, Any] = {"retries": 1, "retry_delay": timedelta(seconds=10)}
+
 DRIFT_ASSET = "healmesh://drift"
 CHALLENGER_ASSET = "healmesh://challenger"
 

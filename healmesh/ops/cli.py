@@ -110,8 +110,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from healmesh.ops import stack
+    from healmesh.ops.cluster import Profile
 
-    return stack.up(train_rows=args.n, airflow=not args.no_airflow)
+    return stack.up(train_rows=args.n, airflow=not args.no_airflow, profile=Profile(args.profile))
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -203,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="train if needed and start the scorers in the background")
     p.add_argument("--n", type=int, default=60_000, help="training rows when there is no model yet")
     p.add_argument("--no-airflow", action="store_true", help="skip Airflow (the serving mesh only)")
+    p.add_argument("--profile", choices=["local", "cluster"], default="local",
+                   help="cluster: the rehearsal of a cluster on this machine (PostgreSQL, Airflow on Celery, "
+                        "two gateways behind HAProxy, every part in a home of its own)")
     p.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop what `up` started").set_defaults(func=cmd_down)
     p = sub.add_parser("rollback", help="move `champion` back to the previous version")

@@ -14,6 +14,7 @@ to 127.0.0.1 and is bounded.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -67,6 +68,8 @@ def _drift_decision(s: Any, since: float) -> tuple[str | None, str]:
 
 def run(kind: str = "concept", n: int = 20_000, timeout_s: float = 1_200.0) -> int:
     s = get_settings()
+    if not s.configured_tracking_uri:  # the registry as the mesh sees it: the MLflow server `up` runs
+        os.environ["MLFLOW_TRACKING_URI"] = s.local_mlflow_uri
     gateway = local_url(s.gateway_port)
     line = Timeline()
     password = procs.airflow_password(stack.airflow_home(s))

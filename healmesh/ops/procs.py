@@ -204,7 +204,7 @@ def bentoml_home() -> Path:
     return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
 
 
-def private_bentoml_home(name: str, state_dir: Path) -> Path:
+def private_bentoml_home(name: str, state_dir: Path, shared_models: bool = True) -> Path:
     """A BENTOML_HOME for one server that shares the real model store.
 
     Every `bentoml serve` wipes and reuses ``$BENTOML_HOME/prometheus_multiproc_dir``: two
@@ -213,6 +213,8 @@ def private_bentoml_home(name: str, state_dir: Path) -> Path:
     """
     home = state_dir / f"bentoml-{name}"
     home.mkdir(parents=True, exist_ok=True)
+    if not shared_models:  # the cluster rehearsal: models from the MLflow registry only
+        return home
     shared = bentoml_home() / "models"
     shared.mkdir(parents=True, exist_ok=True)
     link = home / "models"
@@ -224,12 +226,12 @@ def private_bentoml_home(name: str, state_dir: Path) -> Path:
 
 
 def bentoml_server(name: str, target: str, port: int, log_dir: Path, env: Mapping[str, str] | None = None,
-                   cwd: Path | None = None) -> ServerProcess:
+                   cwd: Path | None = None, shared_models: bool = True) -> ServerProcess:
     """`bentoml serve <target> -p <port>` on 127.0.0.1, from the same interpreter, with its own
     metrics directory (see ``private_bentoml_home``)."""
     cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", LOCALHOST, "-p", str(port),
            "--timeout-keep-alive", str(get_settings().server_keep_alive_s)]
-    home = private_bentoml_home(name, log_dir.parent / "bentoml-homes")
+    home = private_bentoml_home(name, log_dir.parent / "bentoml-homes", shared_models)
     return ServerProcess(name=name, cmd=cmd, port=port, log_path=log_dir / f"{name}.log",
                          env={**(env or {}), "BENTOML_HOME": str(home)}, cwd=cwd)
 

@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,8 @@ import psutil
 
 from healmesh import credentials, redis_conn
 from healmesh.credentials import admin_token, labeller_token, secret_path
-from healmesh.ops import alerting, local_redis, procs
+from healmesh.ops import alerting, cluster, local_redis, procs
+from healmesh.ops.cluster import Profile
 from healmesh.ops.supervisor import client, daemon
 from healmesh.ops.supervisor.client import Supervisor, SupervisorError
 from healmesh.ops.supervisor.spec import (
@@ -162,7 +163,15 @@ def alerting_programs(settings: Settings) -> list[Program]:
     return [as_program(server) for server in alerting.alerting_servers(settings)]
 
 
+def profile(settings: Settings) -> Profile:
+    """The profile `up` started in this home (local when none ran)."""
+    return cluster.read_profile(run_dir(settings))
+
+
 def airflow_home(settings: Settings) -> Path:
+    """The AIRFLOW_HOME of Airflow's api-server (its UI password file): the rehearsal's own node."""
+    if profile(settings) is Profile.CLUSTER:
+        return cluster.airflow_ui_home(settings)
     return settings.home / "airflow"
 
 
@@ -206,11 +215,41 @@ def plan(settings: Settings, airflow: bool) -> Plan:
               tuple(alerting_programs(settings))]
     if airflow:
         groups.append(tuple(airflow_programs(settings, env)))
-    taken = [p for group in groups[1:] for p in group if p.port and procs.port_open(p.port)]
+    _check_ports(groups[1:])
+    return Plan(groups=tuple(groups), tracking=tracking, airflow=airflow)
+
+
+def _check_ports(groups: Sequence[Sequence[Program]]) -> None:
+    taken = [p for group in groups for p in group if p.port and procs.port_open(p.port)]
     if taken:
         names = ", ".join(f"{p.name} :{p.port}" for p in taken)
         raise procs.ServerFailed(f"ports already taken ({names}): stop what holds them (an older mesh: `healmesh "
                                  "down`) or choose other ports (HEALMESH_GATEWAY_PORT, HEALMESH_XGB_PORT, ...)")
+
+
+def cluster_plan(settings: Settings, airflow: bool = True) -> Plan:
+    """The rehearsal (healmesh.ops.cluster): PostgreSQL metadata, MLflow serving artifacts, each
+    part in a home of its own, gateways behind HAProxy, Airflow on Celery."""
+    from healmesh.ops import postgres
+
+    dbs = postgres.ensure(settings)
+    if settings.configured_tracking_uri:
+        raise procs.ServerFailed("the cluster profile runs its own MLflow on PostgreSQL: unset MLFLOW_TRACKING_URI "
+                                 "and HEALMESH_MLFLOW_TRACKING_URI")
+    redis = redis_program(settings)
+    password = redis_conn.password(settings)
+    tracking = local_url(settings.mlflow_port)
+    env = scorer_env(settings, tracking)
+    store = tuple(p for p in (redis, cluster.mlflow_program(settings, dbs["mlflow"], env, password)) if p)
+    groups: list[tuple[Program, ...]] = [
+        store, tuple(cluster.scorer_programs(settings, scorer_ports(settings), env, password, ROOT)),
+        tuple(cluster.gateway_programs(settings, GATEWAY, gateway_env(settings, env), password, ROOT)),
+        (cluster.haproxy_program(settings),)]
+    if airflow:
+        base = {**gateway_env(settings, env), "HEALMESH_GATEWAY_URL": settings.gateway_api_url}
+        shared = cluster.airflow_shared_env(settings, dbs["airflow"], redis_conn.url(settings), password)
+        groups.append(tuple(cluster.airflow_programs(settings, ROOT / "dags", base, shared, password)))
+    _check_ports(groups[1:])
     return Plan(groups=tuple(groups), tracking=tracking, airflow=airflow)
 
 
@@ -263,9 +302,8 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-def _migrate_airflow(settings: Settings, env: dict[str, str]) -> int:
+def _migrate_airflow(settings: Settings, airflow_env: Mapping[str, str]) -> int:
     """Airflow's metadata database, created or upgraded once before its parts start."""
-    airflow_env = airflow_environment(settings, env)
     log = procs.open_private_log(settings.home / "logs" / "airflow-migrate.log")
     try:
         done = subprocess.run(procs.airflow_command("db", "migrate"), env={**os.environ, **airflow_env}, cwd=ROOT,
@@ -292,20 +330,23 @@ def train_first(settings: Settings, rows: int) -> None:
     print(format_report(report.to_dict()))
 
 
-def up(train_rows: int = 60_000, airflow: bool = True) -> int:
+def up(train_rows: int = 60_000, airflow: bool = True, profile: Profile = Profile.LOCAL) -> int:
+    from healmesh.ops.postgres import PostgresUnavailable
+
     settings = get_settings()
     secure_home(settings)
     sup = supervisor(settings)
     if sup.answers():
         return _up_again(settings, sup)
     try:
-        mesh = plan(settings, airflow)
-    except (ValueError, OSError, procs.ServerFailed) as exc:
+        mesh = cluster_plan(settings, airflow) if profile is Profile.CLUSTER else plan(settings, airflow)
+    except (ValueError, OSError, procs.ServerFailed, PostgresUnavailable) as exc:
         print(f"healmesh up: {exc}", file=sys.stderr)
         return 1
     for program in mesh.programs:
         starts_file(run_dir(settings), program.name).unlink(missing_ok=True)
     (run_dir(settings) / WANTED).unlink(missing_ok=True)
+    (run_dir(settings) / cluster.PROFILE_FILE).write_text(profile.value)
     try:
         sup = client.start_daemon(Spec(run_dir=str(run_dir(settings)), log_dir=str(settings.home / "logs"),
                                        programs=mesh.programs), cwd=ROOT)
@@ -314,12 +355,11 @@ def up(train_rows: int = 60_000, airflow: bool = True) -> int:
         return 1
     print(f"{'supervisor':<9} pid {sup.pid()}  (log: {settings.home / 'logs' / 'supervisor.log'})")
     os.environ["MLFLOW_TRACKING_URI"] = mesh.tracking  # the training below uses it
-    env = scorer_env(settings, mesh.tracking)
     for i, group in enumerate(mesh.groups):
         if i == 1 and not models_available(settings):
             print("no trained model yet: training first", file=sys.stderr)
             train_first(settings, train_rows)
-        if mesh.airflow and group is mesh.groups[-1] and (code := _migrate_airflow(settings, env)):
+        if mesh.airflow and group is mesh.groups[-1] and (code := _migrate_airflow(settings, group[0].env)):
             return code
         if code := _start_group(settings, sup, group):
             return code
