@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from healmesh.policies.breaker import BreakerConfig
@@ -93,6 +93,33 @@ class ClusterConfig(BaseModel):
     # a task whose worker died is failed (then retried) after this long without a heartbeat
     # (Airflow's default, 300 s, would hold the loop five minutes per killed worker)
     task_heartbeat_timeout_s: int = Field(default=30, ge=5)
+
+
+class ArchiveConfig(BaseModel):
+    """The durable feature log: the feature and feedback streams copied to Parquet parts on an
+    object store, beyond Redis's hot window (``HEALMESH_ARCHIVE__<NAME>``; healmesh.lifecycle.archive)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    # file:///abs/dir or s3://bucket/prefix; unset: a folder under HEALMESH_HOME (Settings.archive_url)
+    url: str | None = None
+    # an S3-compatible server (MinIO, moto, Ceph); unset: AWS itself
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    # unset: boto3's own chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile, an instance role)
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    # how long archived rows are kept, and so how late a label may still arrive (30 days: fraud
+    # chargebacks come days to weeks after the answer); a later label is answered 410
+    retention_s: int = Field(default=30 * 86_400, ge=60)
+    # stream entries read per round trip, and the most rows in one part
+    batch_rows: int = Field(default=50_000, ge=1)
+    # the loop's pause between runs: it must stay well under label_retention_s, or Redis trims
+    # entries before they are copied (the archiver logs and counts such a gap)
+    interval_s: float = Field(default=30.0, gt=0)
+    # one archiver at a time holds a lease in Redis; a dead one frees it after this long
+    lease_ttl_s: float = Field(default=120.0, gt=0)
 
 
 class RetrainConfig(BaseModel):
@@ -240,8 +267,11 @@ class Settings(BaseSettings):
     feature_log: FeatureLogConfig = FeatureLogConfig()
     # How long after its answer a request can still be labelled: its features stay in the stream
     # and its label slot in Redis this long (set it to your label delay; Redis memory grows with
-    # rate x retention, see bench/results/feature_log.md). A later label is answered 410.
+    # rate x retention, see bench/results/feature_log.md). A later label goes to the archive.
     label_retention_s: int = Field(default=3_600, ge=60)
+    # Past label_retention_s rows and labels live on in the archive (archive.retention_s): a label
+    # for an older answer is stored as a "cold" label and joined from there (see label_limit_s).
+    archive: ArchiveConfig = ArchiveConfig()
     control_poll_s: float = Field(default=0.5, gt=0)
     gateway_access_log: bool = False
     # Idle keep-alive of every server we start (`bentoml serve --timeout-keep-alive`). uvicorn's
@@ -318,6 +348,19 @@ class Settings(BaseSettings):
     @property
     def artifact_root(self) -> Path:
         return self.home / "mlflow" / "artifacts"
+
+    @property
+    def archive_url(self) -> str:
+        """Where the archive lives: the configured URL, else ``<home>/archive``."""
+        return self.archive.url or (self.home / "archive").as_uri()
+
+    @property
+    def label_limit_s(self) -> int:
+        """How long after its answer a request may be labelled: the archive's retention when the
+        archive is on (a label past the hot window is kept there), else the hot window's."""
+        if self.archive.enabled:
+            return max(self.archive.retention_s, self.label_retention_s)
+        return self.label_retention_s
 
     @property
     def cache_dir(self) -> Path:

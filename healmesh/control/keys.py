@@ -6,11 +6,13 @@ Control plane (see ``healmesh.control.state`` and ``store``):
 - ``<p>:drift``    hash: ``summary``, written by the drift check, read by the gateway.
 - ``<p>:events``   stream: lifecycle events (``healmesh.control.events``).
 - ``<p>:rollout:lease``  the rollout lease (``healmesh.control.lease``).
+- ``<p>:archive:lease``  the archiver's lease: one copies the streams at a time.
 
 Feature log (the gateway writes, the lifecycle reads):
 - ``<p>:features``  stream: one entry per answered row (and per shadow answer), trimmed to the
   retention by entry time (``MINID``) and capped at ``feature_log.stream_maxlen`` entries.
-- ``<p>:feedback``  stream: one entry per stored label (and per correction).
+- ``<p>:feedback``  stream: one entry per stored label (and per correction); a label past the hot
+  window (a "cold" one, ``cold=1``) goes here alone, without the minute hash, for the archiver.
 - ``<p>:req:<minute>``  hash per minute of answers: ``<id>`` (logged), ``<id>:s`` (shadow
   logged), ``<id>:l`` (its label). It expires ``label_retention_s`` after its minute ends: what
   a label needs is kept exactly as long as a label may arrive, and the Redis `make up` starts
@@ -59,6 +61,10 @@ def events(prefix: str) -> str:
 
 def lease(prefix: str) -> str:
     return f"{prefix}:rollout:lease"
+
+
+def archive_lease(prefix: str) -> str:
+    return f"{prefix}:archive:lease"
 
 
 def stream(prefix: str) -> str:

@@ -42,9 +42,9 @@ return 0
 
 
 class LeaseStore:
-    def __init__(self, redis: Any, prefix: str) -> None:
+    def __init__(self, redis: Any, prefix: str, key: str | None = None) -> None:
         self.redis = redis
-        self.key = keys.lease(prefix)
+        self.key = key or keys.lease(prefix)  # another key: another lease (the archiver's)
 
     def current(self) -> Lease | None:
         return Lease.decode(self.redis.get(self.key))
