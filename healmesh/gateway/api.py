@@ -4,7 +4,8 @@
   413 too large (bytes or rows), 415 not JSON, 422 naming every bad field. A refused request
   does no work and leaves no trace. 503 + Retry-After only when the gateway itself is full.
 - ``POST /feedback``, ``/feedback/batch`` (labeller or admin token): true labels of answered
-  requests; 410 once the label retention has passed.
+  requests; past Redis's hot window a label is stored cold (``stored_cold``) for the archive;
+  410 once the archive's retention has passed.
 - ``POST /alerts`` (alerts or admin token): Alertmanager's webhook; each alert becomes a
   lifecycle event (``alert_firing`` / ``alert_resolved``) on the status page.
 - ``/admin/...`` (admin token): weights, shadow, rollout, label corrections, audit, state.
@@ -330,7 +331,7 @@ def build_app() -> FastAPI:
             raise _unavailable("the feature store", exc) from None
         core.metrics.labels.labels(result.value).inc()
         if result in LABEL_STATUS:
-            raise HTTPException(LABEL_STATUS[result], _label_message(result, fb.request_id, settings.label_retention_s))
+            raise HTTPException(LABEL_STATUS[result], _label_message(result, fb.request_id, settings.label_limit_s))
         return {"request_id": fb.request_id, "label": fb.label, "status": result.value}
 
     @labeller.post("/feedback/batch", responses={401: {"description": "no labeller (or admin) token"},
@@ -343,10 +344,11 @@ def build_app() -> FastAPI:
             results = await core.feature_log.labels([(fb.request_id, fb.label) for fb in items])
         except Exception as exc:
             raise _unavailable("the feature store", exc) from None
-        out: dict[str, Any] = {"stored": 0, "unchanged": 0, "unknown": [], "conflicts": [], "expired": []}
+        out: dict[str, Any] = {"stored": 0, "stored_cold": 0, "unchanged": 0, "unknown": [], "conflicts": [],
+                               "expired": []}
         for fb, result in zip(items, results, strict=True):
             core.metrics.labels.labels(result.value).inc()
-            if result in (LabelResult.STORED, LabelResult.UNCHANGED):
+            if result in (LabelResult.STORED, LabelResult.STORED_COLD, LabelResult.UNCHANGED):
                 out[result.value] += 1
             else:
                 out[{LabelResult.UNKNOWN: "unknown", LabelResult.CONFLICT: "conflicts",
@@ -462,7 +464,8 @@ def build_app() -> FastAPI:
 def _label_message(result: LabelResult, request_id: str, retention_s: int) -> str:
     if result is LabelResult.EXPIRED:
         return (f"request {request_id!r} was answered more than {retention_s} s ago, beyond the label retention "
-                "(HEALMESH_LABEL_RETENTION_S): its features are no longer kept, so the label cannot be used")
+                "(HEALMESH_ARCHIVE__RETENTION_S, or HEALMESH_LABEL_RETENTION_S without the archive): its features "
+                "are no longer kept, so the label cannot be used")
     if result is LabelResult.CONFLICT:
         return (f"request {request_id!r} already has a different label; an admin corrects labels with "
                 f"PUT /api/v1/admin/labels/{request_id}")

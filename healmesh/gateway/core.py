@@ -87,7 +87,8 @@ class GatewayCore:
             maxlen=settings.feature_log.stream_maxlen, buffer_max=settings.feature_log.buffer_max,
             batch_size=settings.feature_log.flush_batch,
             flush_interval_s=settings.feature_log.flush_interval_ms / 1000.0,
-            spool_dir=settings.home / "spool" / settings.key_prefix)
+            spool_dir=settings.home / "spool" / settings.key_prefix,
+            cold_retention_s=settings.label_limit_s if settings.archive.enabled else None)
         self.clients = {proc: ScorerClient(addr, keep_alive_s=settings.server_keep_alive_s / 2)
                         for proc, addr in addresses.items()}
         self.addresses = dict(addresses)

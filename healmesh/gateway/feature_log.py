@@ -31,6 +31,7 @@ from typing import Any
 
 from healmesh.control import keys
 from healmesh.errors import UnexpectedReply
+from healmesh.policies.archive import LabelAge, label_age
 
 log = logging.getLogger("healmesh.feature_log")
 
@@ -85,8 +86,12 @@ class LabelResult(StrEnum):
     UNCHANGED = "unchanged"
     UNKNOWN = "unknown"  # no such request was answered (or it is not logged yet)
     CONFLICT = "conflict"  # a different label is there: only an admin correction changes it
-    EXPIRED = "expired"  # answered longer ago than the label retention: nothing left to label
+    EXPIRED = "expired"  # answered longer ago than the archive's retention: nothing left to label
     CORRECTED = "corrected"
+    # answered before Redis's hot window but within the archive's retention: appended to the
+    # feedback stream as a cold label, unchecked (its minute hash is gone): the archive joins it;
+    # a repeated or conflicting cold label changes nothing there (policies.archive.resolve_labels)
+    STORED_COLD = "stored_cold"
 
 
 # What the Lua scripts answer, mapped to a LabelResult once, here (``label_result``).
@@ -213,13 +218,15 @@ def _alive(owner: str) -> bool:
 class FeatureLog:
     def __init__(self, redis: Any, prefix: str, *, retention_s: float, maxlen: int, buffer_max: int,
                  batch_size: int, flush_interval_s: float, spool_dir: Path | None = None,
-                 audit_maxlen: int = 10_000) -> None:
+                 audit_maxlen: int = 10_000, cold_retention_s: float | None = None) -> None:
         self.redis = redis
         self.prefix = prefix
         self.stream = keys.stream(prefix)
         self.feedback_stream = keys.feedback_stream(prefix)
         self.audit_key = keys.audit(prefix)
         self.retention_s = retention_s
+        # labels for answers older than retention_s and within this go to the archive (None: refused)
+        self.cold_retention_s = cold_retention_s
         self.maxlen = maxlen
         self.audit_maxlen = audit_maxlen
         self.buffer_max = buffer_max
@@ -376,25 +383,37 @@ class FeatureLog:
         return (await self.labels([(request_id, label)]))[0]
 
     async def labels(self, items: list[tuple[str, int]]) -> list[LabelResult]:
-        """Store labels (one pipelined round trip for the batch); each is idempotent."""
+        """Store labels (one pipelined round trip for the batch); each is idempotent. A label past
+        the hot window (and within ``cold_retention_s``) is appended as a cold label."""
         now = time.time()
-        out: list[LabelResult | None] = []
+        out: list[LabelResult | LabelAge] = []  # a LabelAge: its answer comes from the pipeline
         pipe = self.redis.pipeline(transaction=False)
-        sent = 0
+        min_id = keys.min_stream_id(now, self.retention_s)
         for request_id, label in items:
             key = keys.bucket_key(self.prefix, request_id)
-            if key is None:
+            answered = keys.answered_at(request_id)
+            if key is None or answered is None:
                 out.append(LabelResult.UNKNOWN)
-            elif self.expired(request_id, now):
-                out.append(LabelResult.EXPIRED)
-            else:
-                out.append(None)
-                sent += 1
+                continue
+            age = label_age(answered, now, self.retention_s, self.cold_retention_s)
+            out.append(LabelResult.EXPIRED if age is LabelAge.EXPIRED else age)
+            if age is LabelAge.HOT:
                 await self._feedback(keys=[key, self.feedback_stream],
-                                     args=[request_id, str(label), f"{now:.3f}",
-                                           keys.min_stream_id(now, self.retention_s)], client=pipe)
-        results = iter(await pipe.execute() if sent else [])
-        return [r if r is not None else label_result(next(results)) for r in out]
+                                     args=[request_id, str(label), f"{now:.3f}", min_id], client=pipe)
+            elif age is LabelAge.COLD:
+                pipe.xadd(self.feedback_stream, {"request_id": request_id, "label": str(label), "ts": f"{now:.3f}",
+                                                 "cold": "1"}, minid=min_id, approximate=True)
+        results = iter(await pipe.execute() if any(isinstance(r, LabelAge) for r in out) else [])
+        answers: list[LabelResult] = []
+        for r in out:
+            if isinstance(r, LabelResult):
+                answers.append(r)
+            elif r is LabelAge.COLD:
+                next(results)  # the new entry's id: a cold label is always appended
+                answers.append(LabelResult.STORED_COLD)
+            else:
+                answers.append(label_result(next(results)))
+        return answers
 
     async def correct(self, request_id: str, label: int, *, who: str, why: str) -> LabelResult:
         """An admin's correction of a stored label; audited with who and why."""

@@ -148,7 +148,7 @@ class GatewayMetrics:
             self.shadow_compared.labels(agree)
         for state in ("written", "dropped", "spilled", "replayed"):
             self.log_records.labels(state)
-        for result in ("stored", "unchanged", "unknown", "conflict", "expired", "corrected"):
+        for result in ("stored", "stored_cold", "unchanged", "unknown", "conflict", "expired", "corrected"):
             self.labels.labels(result)
         for decision in ("allowed", "denied_deadline", "denied_budget"):
             self.retries.labels(decision)

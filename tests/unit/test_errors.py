@@ -124,7 +124,8 @@ def test_an_answer_the_script_never_gives_is_an_unexpected_reply_naming_it(code,
 
 
 def test_the_label_results_are_the_strings_the_api_answers():
-    assert [r.value for r in LabelResult] == ["stored", "unchanged", "unknown", "conflict", "expired", "corrected"]
+    assert [r.value for r in LabelResult] == ["stored", "unchanged", "unknown", "conflict", "expired", "corrected",
+                                                 "stored_cold"]
     assert api.LABEL_STATUS == {LabelResult.UNKNOWN: 404, LabelResult.CONFLICT: 409, LabelResult.EXPIRED: 410}
 
 
