@@ -20,6 +20,7 @@ from healmesh.control.state import DriftSummary
 from healmesh.control.sync_store import SyncControlStore
 from healmesh.errors import NoModel
 from healmesh.lifecycle import reports
+from healmesh.lifecycle.archive import archive_once
 from healmesh.lifecycle.window import attach_labels, labelled, read_window
 from healmesh.models.bundle import Bundle
 from healmesh.models.xgb import XGBoostModel
@@ -52,8 +53,10 @@ def run_drift_check(settings: Settings, redis: Any, *, window_records: int | Non
 
     records = window_records or settings.drift_window_records
     minutes = window_minutes if window_minutes is not None else settings.drift_window_minutes
-    window = read_window(redis, settings.key_prefix, last_n=records, since_s=minutes * 60 if minutes else None)
-    current = attach_labels(redis, settings.key_prefix, window.frame)
+    archive = archive_once(settings, redis)  # past Redis's hot window the rows and labels are there
+    window = read_window(redis, settings.key_prefix, last_n=records, since_s=minutes * 60 if minutes else None,
+                         archive=archive)
+    current = attach_labels(redis, settings.key_prefix, window.frame, archive=archive)
 
     t = settings.drift
     # live quality of the champion itself: its own answers that have a label

@@ -29,8 +29,9 @@ from healmesh.control import events
 from healmesh.control.lease import LeaseStore
 from healmesh.errors import HealmeshError, NoModel
 from healmesh.evaluation import classification_metrics
+from healmesh.lifecycle.archive import archive_once
 from healmesh.lifecycle.report_ids import check_report_id, report_files
-from healmesh.lifecycle.window import attach_labels, labelled, read_window
+from healmesh.lifecycle.window import Window, attach_labels, labelled, read_window
 from healmesh.models.bundle import save_bundle
 from healmesh.policies.gate import GateOutcome, gate_with_confidence
 from healmesh.policies.rollout import ChallengerStep, Lease, challenger_step
@@ -76,6 +77,15 @@ def build_training_set(recent: pd.DataFrame, reference: pd.DataFrame, settings: 
                        recent_rows=n, reference_rows=take)
 
 
+def recent_labelled(settings: Settings, redis: Any, window_records: int | None = None) -> tuple[Window, pd.DataFrame]:
+    """The recent window (Redis's hot window, then the archive, brought up to date first) and its
+    labelled rows: what a candidate is trained and judged on."""
+    archive = archive_once(settings, redis)
+    window = read_window(redis, settings.key_prefix, last_n=window_records or settings.retrain.window_records,
+                         archive=archive)
+    return window, labelled(attach_labels(redis, settings.key_prefix, window.frame, archive=archive))
+
+
 def run_retrain(settings: Settings, redis: Any, *, trigger: str, drift_check_id: str | None = None,
                 window_records: int | None = None, seed: int = 0) -> dict[str, Any]:
     if drift_check_id is not None:  # it names files that are uploaded: checked before anything runs
@@ -85,8 +95,7 @@ def run_retrain(settings: Settings, redis: Any, *, trigger: str, drift_check_id:
     champion = registry.version_by_alias(settings, name, settings.champion_alias)
     if champion is None:
         raise NoModel(f"no {settings.champion_alias} for {name}: nothing to compare a candidate with")
-    window = read_window(redis, settings.key_prefix, last_n=window_records or settings.retrain.window_records)
-    recent = labelled(attach_labels(redis, settings.key_prefix, window.frame))
+    window, recent = recent_labelled(settings, redis, window_records)
     reference = registry.reference_for_version(settings, name, champion.version, champion.run_id)
     data = build_training_set(recent, reference, settings, seed)
 

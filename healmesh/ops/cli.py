@@ -160,6 +160,33 @@ def cmd_rollout_abort(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_archive(args: argparse.Namespace) -> int:
+    """Copy the feature log and the labels from Redis to the archive: once, or every
+    ``archive.interval_s`` until interrupted (what `healmesh up` supervises)."""
+    import contextlib
+    import json
+    import logging
+
+    from healmesh import redis_conn
+    from healmesh.lifecycle import archive
+    from healmesh.settings import get_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = get_settings()
+    redis = redis_conn.sync_client(settings)
+    if args.archive == "once":
+        store = archive.open_archive(settings)
+        if store is None:
+            print("the archive is off (HEALMESH_ARCHIVE__ENABLED=false)")
+            return 1
+        run = archive.archiver(settings, redis, store).run_once()
+        print(json.dumps({"store": store.url, **run.describe()}))
+        return 0 if run.took_lease else 1
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends the loop between runs or within one
+        archive.run_forever(settings, redis)
+    return 0
+
+
 def cmd_demo_all(args: argparse.Namespace) -> int:
     from healmesh.ops import narrated_demo
 
@@ -217,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--why", required=True,
                    help="the reason, recorded in the event, the audit trail and the rollout note")
     p.set_defaults(func=cmd_rollout_abort)
+    archive = sub.add_parser("archive", help="the durable feature log: Redis streams -> Parquet parts").add_subparsers(
+        dest="archive", required=True)
+    archive.add_parser("once", help="archive what is new, once (JSON summary)").set_defaults(func=cmd_archive)
+    archive.add_parser("run", help="archive every HEALMESH_ARCHIVE__INTERVAL_S until stopped").set_defaults(
+        func=cmd_archive)
     demo_parser = sub.add_parser("demo", help="the narrated demo (or `demo drift`) on a running `make up`")
     demo_parser.add_argument("--out", help="results folder (default results/demo-<UTC time>)")
     demo_parser.add_argument("--steady", type=float, default=20.0, help="seconds of steady traffic first")

@@ -181,6 +181,13 @@ def airflow_environment(settings: Settings, env: dict[str, str]) -> dict[str, st
         "HEALMESH_DRIFT_REPORTS_DIR": str(settings.drift_reports_dir)})
 
 
+def archiver_program(settings: Settings, env: dict[str, str]) -> Program:
+    """The archiver loop (`healmesh archive run`): copies Redis's feature and feedback streams to
+    the archive every HEALMESH_ARCHIVE__INTERVAL_S, ahead of Redis's trimming. No port: ready while it runs."""
+    return Program(name="archiver", argv=(sys.executable, "-m", "healmesh.ops.cli", "archive", "run"),
+                   log_path=str(settings.home / "logs" / "archiver.log"), ready_path=None, env=env, cwd=str(ROOT))
+
+
 def airflow_programs(settings: Settings, env: dict[str, str]) -> list[Program]:
     airflow_env = airflow_environment(settings, env)
     logs = settings.home / "logs"
@@ -213,6 +220,7 @@ def plan(settings: Settings, airflow: bool) -> Plan:
     env = scorer_env(settings, tracking)
     groups = [store, tuple(scorer_programs(settings, env)), (gateway_program(settings, env),),
               tuple(alerting_programs(settings))]
+    groups += [(archiver_program(settings, env),)] if settings.archive.enabled else []
     if airflow:
         groups.append(tuple(airflow_programs(settings, env)))
     _check_ports(groups[1:])
