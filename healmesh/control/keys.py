@@ -4,6 +4,8 @@ Control plane (see ``healmesh.control.state`` and ``store``):
 - ``<p>:control``  hash: routing state, ``version``.
 - ``<p>:audit``    stream: one entry per control change (and per label correction).
 - ``<p>:drift``    hash: ``summary``, written by the drift check, read by the gateway.
+- ``<p>:drift:reports``  hash: report id -> its record (``healmesh.control.drift_reports``):
+  what the check decided and the MLflow run holding the report; the newest ``KEEP_LISTED``.
 - ``<p>:events``   stream: lifecycle events (``healmesh.control.events``).
 - ``<p>:rollout:lease``  the rollout lease (``healmesh.control.lease``).
 - ``<p>:archive:lease``  the archiver's lease: one copies the streams at a time.
@@ -53,6 +55,10 @@ def audit(prefix: str) -> str:
 
 def drift(prefix: str) -> str:
     return f"{prefix}:drift"
+
+
+def drift_reports(prefix: str) -> str:
+    return f"{prefix}:drift:reports"
 
 
 def events(prefix: str) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 from redis.exceptions import WatchError
 
 from healmesh.control import keys
+from healmesh.control.drift_reports import ReportRecord, parse_record, records_from_hash
 from healmesh.control.state import ChangeConflict, ControlState, apply_change, as_text, parse_state
 from healmesh.errors import ChangeRejected
 from healmesh.policies.canary import CanaryConfig
@@ -42,6 +43,7 @@ class ControlStore:
         self.key = keys.control(prefix)
         self.audit_key = keys.audit(prefix)
         self.drift_key = keys.drift(prefix)
+        self.reports_key = keys.drift_reports(prefix)
         self._serial = asyncio.Lock()
 
     async def read(self) -> ControlState:
@@ -85,6 +87,14 @@ class ControlStore:
                 except WatchError:  # someone else wrote first: recompute on their result
                     await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
         raise ChangeConflict(f"the control state kept changing under this change ({CAS_ATTEMPTS} attempts): retry")
+
+    async def reports(self) -> list[ReportRecord]:
+        """The drift reports the lifecycle listed, newest first."""
+        return records_from_hash(await self.redis.hgetall(self.reports_key))
+
+    async def report(self, report_id: str) -> ReportRecord | None:
+        raw = await self.redis.hget(self.reports_key, report_id)
+        return None if raw is None else parse_record(raw)
 
     async def audit(self, limit: int = 100) -> list[dict[str, Any]]:
         entries = await self.redis.xrevrange(self.audit_key, count=limit)

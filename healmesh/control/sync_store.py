@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from healmesh.control import keys
+from healmesh.control.drift_reports import KEEP_LISTED, ReportRecord, encode_record, records_from_hash
 from healmesh.control.state import ControlState, DriftSummary, encode_drift, parse_state
 
 
@@ -17,6 +18,7 @@ class SyncControlStore:
         self.redis = redis
         self.key = keys.control(prefix)
         self.drift_key = keys.drift(prefix)
+        self.reports_key = keys.drift_reports(prefix)
 
     def read(self) -> ControlState:
         pipe = self.redis.pipeline(transaction=False)
@@ -28,3 +30,15 @@ class SyncControlStore:
     def publish_drift(self, summary: DriftSummary) -> None:
         """Replace the drift summary (the gateway exports it as metrics at its next poll)."""
         self.redis.hset(self.drift_key, mapping={"summary": encode_drift(summary)})
+
+    def list_report(self, record: ReportRecord, keep: int = KEEP_LISTED) -> None:
+        """List a drift report (its record, keyed by its id), forgetting the oldest beyond ``keep``
+        (they stay in MLflow). One writer, the drift check: no compare-and-set needed."""
+        self.redis.hset(self.reports_key, record.id, encode_record(record))
+        ids = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in self.redis.hkeys(self.reports_key))
+        if len(ids) > keep:  # ids sort by check time: the oldest come first
+            self.redis.hdel(self.reports_key, *ids[:len(ids) - keep])
+
+    def reports(self) -> list[ReportRecord]:
+        """The listed reports, newest first."""
+        return records_from_hash(self.redis.hgetall(self.reports_key))

@@ -3,26 +3,36 @@
 Weights (configured and after breakers), breaker states, rollout stage and canary version,
 the versions each scorer serves (champion in stable, challenger in canary), the latest drift
 check with a link to its report, and the last admin changes and lifecycle events. Read-only,
-server-rendered, refreshes itself every 5 seconds. Drift reports are served read-only from
-``HEALMESH_DRIFT_REPORTS_DIR`` under ``/ui/reports/``.
+server-rendered, refreshes itself every 5 seconds.
+
+Drift reports under ``/ui/reports/``: ``index.html`` is rendered from the control state's listing
+(``healmesh.control.drift_reports``), and ``<id>.html`` is fetched from the MLflow tracking
+server's artifact proxy, where the drift check stored it: the gateway needs no disk shared with
+the Airflow worker that wrote it.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import re
 import time
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, HTTPException
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import HTMLResponse
 
 from healmesh.control import keys
+from healmesh.control.drift_reports import REPORT_HTML, index_page, proxied_path
+from healmesh.control.report_ids import BadReportId, check_report_id
 from healmesh.gateway.api import current_core
 from healmesh.settings import get_settings
 
-REPORT_NAME = re.compile(r"^[0-9TZ]{16}_v[\w.-]+\.html$|^index\.html$")
+# The largest report the gateway passes on (read into memory): Evidently's self-contained page of
+# our 20-odd features is a few MB; anything far past that is not one of ours.
+MAX_REPORT_BYTES = 64 * 1024 * 1024
+ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts/"
+NO_SUCH_REPORT = "no such report"
 
 
 def _when(ts: float | None) -> str:
@@ -159,6 +169,42 @@ Redis {'up' if fl['redis_up'] else 'DOWN'} · gateway worker <span id="worker">{
 """
 
 
+def report_id_of(name: str) -> str:
+    """The report id of ``<id>.html``; 404 (the same answer as an unknown report) for any other name."""
+    try:
+        if not name.endswith(".html"):
+            raise BadReportId(name)
+        return check_report_id(name.removesuffix(".html"), "report")
+    except BadReportId:
+        raise HTTPException(404, NO_SUCH_REPORT) from None
+
+
+async def fetch_artifact(tracking_uri: str, path: str, limit: int = MAX_REPORT_BYTES) -> bytes:
+    """An artifact from the tracking server's artifact proxy, at most ``limit`` bytes: 404 when
+    it has none, 502 when it fails or sends more, 503 when there is no server to ask."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        raise HTTPException(503, "no MLflow tracking server to read reports from (MLFLOW_TRACKING_URI "
+                                 f"is {tracking_uri.split(':', 1)[0]}:…, not http)")
+    url = tracking_uri.rstrip("/") + ARTIFACTS_API + path
+    try:
+        async with httpx.AsyncClient(timeout=get_settings().registry_timeout_s) as client, \
+                client.stream("GET", url) as r:
+            if r.status_code == 404:
+                raise HTTPException(404, NO_SUCH_REPORT)
+            if r.status_code != 200:
+                raise HTTPException(502, f"the MLflow server answered {r.status_code} for the report")
+            if int(r.headers.get("content-length") or 0) > limit:
+                raise HTTPException(502, f"the report is larger than {limit} bytes")
+            body = bytearray()
+            async for chunk in r.aiter_bytes():
+                body += chunk
+                if len(body) > limit:
+                    raise HTTPException(502, f"the report is larger than {limit} bytes")
+            return bytes(body)
+    except httpx.HTTPError as exc:
+        raise HTTPException(502, f"the MLflow server did not answer: {type(exc).__name__}") from None
+
+
 def status_app() -> FastAPI:
     app = FastAPI(title="healmesh status", openapi_url=None, docs_url=None, redoc_url=None)
 
@@ -168,15 +214,22 @@ def status_app() -> FastAPI:
         return HTMLResponse(render(core.describe(), await _scorer_slots(core), await _audit(core),
                                    await _events(core)))
 
-    @app.get("/reports/{name}")
-    async def report(name: str) -> FileResponse:
-        if not REPORT_NAME.match(name):
-            raise HTTPException(404, "no such report")
-        directory = get_settings().drift_reports_dir.resolve()
-        path = (directory / name).resolve()
-        # a report name may still be a link to elsewhere: serve only what lies in the directory
-        if path.parent != directory or not path.is_file():
-            raise HTTPException(404, "no such report")
-        return FileResponse(path, media_type="text/html")
+    @app.get("/reports/{name}", response_class=HTMLResponse)
+    async def report(name: str) -> HTMLResponse:
+        if name == "index.html":
+            try:
+                listed = await current_core().control.reports()
+            except Exception as exc:  # Redis away
+                raise HTTPException(503, f"the report listing is unavailable ({type(exc).__name__})") from None
+            return HTMLResponse(index_page(listed))
+        report_id = report_id_of(name)  # before anything is looked up
+        try:
+            record = await current_core().control.report(report_id)
+        except Exception as exc:  # Redis away
+            raise HTTPException(503, f"the report listing is unavailable ({type(exc).__name__})") from None
+        path = proxied_path(record.artifact_uri, REPORT_HTML) if record and record.has_html else None
+        if path is None:
+            raise HTTPException(404, NO_SUCH_REPORT)
+        return HTMLResponse(await fetch_artifact(get_settings().local_mlflow_uri, path))
 
     return app

@@ -3,23 +3,28 @@
 estimated from its calibrated answers (CBPE, checked against the labels that came back), and its
 live quality.
 
-Writes the Evidently report (our decision and its reasons at the top), the JSON summary and the
-index; publishes the scores to the control state (the gateway exports them as metrics); records a
-lifecycle event. Returns a plain dict (what the DAG passes on to the retraining DAG).
+Stores the Evidently report (our decision and its reasons at the top) and the JSON summary as an
+MLflow run of the drift experiment, lists it in the control state (the gateway's /ui serves it
+from there) and mirrors it into ``drift_reports/`` (best effort); publishes the scores to the
+control state (the gateway exports them as metrics); records a lifecycle event. Returns a plain
+dict (what the DAG passes on to the retraining DAG).
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from healmesh import registry
 from healmesh.control import events
+from healmesh.control.drift_reports import REPORT_HTML, SUMMARY_JSON
 from healmesh.control.state import DriftSummary
 from healmesh.control.sync_store import SyncControlStore
 from healmesh.errors import NoModel
-from healmesh.lifecycle import reports
+from healmesh.lifecycle import report_store, reports
 from healmesh.lifecycle.archive import archive_once
 from healmesh.lifecycle.window import attach_labels, labelled, read_window
 from healmesh.models.bundle import Bundle
@@ -71,26 +76,38 @@ def run_drift_check(settings: Settings, redis: Any, *, window_records: int | Non
     result = decide(reference, current, t, quality, importance=_importance(bundle, name, champion.version),
                     estimated=estimated)
     checked_at = time.time()
-    summary_path = reports.write_report(
-        settings.drift_reports_dir, result, reference, current, checked_at=checked_at,
-        model_version=champion.version, thresholds=t,
-        extra={"window": window.describe(), "thresholds": t.model_dump(), "champion_run": info.run_id})
+    report_id = reports.report_name(checked_at, champion.version)
+    store = SyncControlStore(redis, settings.key_prefix)
+    with tempfile.TemporaryDirectory(prefix="healmesh-drift-") as tmp:
+        html_path = reports.render_html(Path(tmp), report_id, result, reference, current, t)
+        summary = reports.summary_of(
+            report_id, result, checked_at=checked_at, model_version=champion.version, has_html=html_path is not None,
+            extra={"window": window.describe(), "thresholds": t.model_dump(), "champion_run": info.run_id})
+        # the system of record: an MLflow run through the tracking server, then the control state's listing
+        stored = report_store.log_report(settings, report_id, html_path, summary, tags={
+            "healmesh.decision": result.decision.value, "healmesh.champion_version": champion.version,
+            "healmesh.champion_run": info.run_id or ""})
+        record = reports.record_of(summary, stored.run_id, stored.artifact_uri)
+        store.list_report(record)
+        mirror = reports.write_mirror(settings.drift_reports_dir, record, html_path, summary, store.reports())
     seconds = round(time.perf_counter() - t0, 3)
-    html_name = summary_path.with_suffix(".html").name
-    SyncControlStore(redis, settings.key_prefix).publish_drift(DriftSummary(
+    store.publish_drift(DriftSummary(
         checked_at=checked_at, model_version=champion.version, window_size=result.window_size,
         decision=result.decision, share_drifted=result.share_drifted, scores=scores_for_metrics(result),
-        report=html_name if (settings.drift_reports_dir / html_name).exists() else None))
+        report=summary["html"]))
     events.record(redis, settings.key_prefix, f"drift_{result.decision.value}", result.headline,
-                  check_id=summary_path.stem, share=result.share_drifted, drifted=result.drifted_features[:8])
-    return {"check_id": summary_path.stem, "decision": result.decision, "window": window.describe(),
+                  check_id=report_id, run_id=stored.run_id, share=result.share_drifted,
+                  drifted=result.drifted_features[:8])
+    return {"check_id": report_id, "decision": result.decision, "window": window.describe(),
             "window_size": result.window_size, "share_drifted": result.share_drifted,
             "drifted_features": result.drifted_features, "reasons": list(result.reasons),
             "headline": result.headline,
             "live_auc": quality.live_auc, "holdout_auc": quality.reference_auc,
             "estimated_auc": estimated.estimate.estimated_auc if estimated.estimate else None,
             "estimate_note": estimated.note,
-            "report": str(settings.drift_reports_dir / html_name), "summary": str(summary_path),
+            # where the report lives (MLflow), and the local mirror when it was written
+            "run_id": stored.run_id, "report": f"{stored.artifact_uri}/{REPORT_HTML}" if html_path else None,
+            "summary": f"{stored.artifact_uri}/{SUMMARY_JSON}", "mirror": str(mirror) if mirror else None,
             "champion_version": champion.version, "seconds": seconds,
             # XComs are JSON: no NaN for a window without statistics
             "max_psi": max((f.psi for f in result.features.values()), default=None)}

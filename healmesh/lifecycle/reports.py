@@ -1,19 +1,21 @@
-"""Drift reports on disk: Evidently's HTML per check, a JSON summary beside it, and an index.
+"""Drift reports: Evidently's HTML per check (self-contained, renders offline; healmesh's decision,
+its reasons and the ranked features on top, Evidently's report under them) and a JSON summary
+(the healmesh decision and statistics).
 
-``drift_reports/<UTC time>_v<model version>.html`` (self-contained, renders offline; healmesh's
-decision, its reasons and the ranked features on top, Evidently's report under them),
-``<same name>.json`` (the healmesh decision and statistics), and ``index.html`` listing every
-report, newest first, with window size, share of drifted features, the most drifted
-features and a link.
+They are stored in MLflow (``report_store``) and listed in the control state (a
+``ReportRecord`` per report); ``drift_reports/`` holds a browsable local mirror
+(``<UTC time>_v<model version>.html``, ``.json``, and ``index.html`` from the listing), written
+best-effort and never read back.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import logging
 import os
 import re
-import time
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,12 +23,16 @@ from typing import Any
 import pandas as pd
 
 from healmesh import schema
-from healmesh.lifecycle.report_ids import report_name
+from healmesh.control.drift_reports import ReportRecord, index_page
+from healmesh.lifecycle.report_ids import report_files, report_name
 from healmesh.policies.drift import DriftThresholds
 from healmesh.policies.drift_alarm import DriftResult
 from healmesh.policies.drift_decision import DriftDecision
 
-__all__ = ["report_name", "evidently_html", "decision_banner", "write_report", "summaries", "write_index"]
+__all__ = ["report_name", "evidently_html", "decision_banner", "render_html", "summary_of", "record_of",
+           "write_mirror", "write_index"]
+
+log = logging.getLogger(__name__)
 
 
 def evidently_html(reference: pd.DataFrame, current: pd.DataFrame, path: Path, t: DriftThresholds,
@@ -82,65 +88,60 @@ def decision_banner(result: DriftResult) -> str:
             "</section>")
 
 
-def write_report(directory: Path, result: DriftResult, reference: pd.DataFrame, current: pd.DataFrame, *,
-                 checked_at: float, model_version: str | None, thresholds: DriftThresholds,
-                 extra: dict[str, Any] | None = None) -> Path:
-    """Write the HTML (when there is a decision to show) and the JSON summary; refresh the index."""
-    directory.mkdir(parents=True, exist_ok=True)
-    name = report_name(checked_at, model_version)
-    html_path = directory / f"{name}.html"
-    if result.decision is not DriftDecision.INSUFFICIENT_DATA:
-        evidently_html(reference, current, html_path, thresholds, decision_banner(result))
-    summary = {"name": name, "checked_at": checked_at, "model_version": model_version,
-               "html": html_path.name if html_path.exists() else None, **result.to_dict(),
-               "top_features": result.top(5), **(extra or {})}
-    (directory / f"{name}.json").write_text(json.dumps(summary, indent=2, default=str))
-    write_index(directory)
-    return directory / f"{name}.json"
+def render_html(directory: Path, name: str, result: DriftResult, reference: pd.DataFrame, current: pd.DataFrame,
+                thresholds: DriftThresholds) -> Path | None:
+    """The report's HTML as ``directory/<name>.html``; None when there is no decision to show."""
+    if result.decision is DriftDecision.INSUFFICIENT_DATA:
+        return None
+    path = directory / f"{name}.html"
+    evidently_html(reference, current, path, thresholds, decision_banner(result))
+    return path
 
 
-def summaries(directory: Path) -> list[dict[str, Any]]:
-    out = []
-    for p in directory.glob("*.json"):
-        try:
-            out.append(json.loads(p.read_text()))
-        except (OSError, ValueError):
-            continue
-    return sorted(out, key=lambda s: s.get("checked_at", 0), reverse=True)
+def summary_of(name: str, result: DriftResult, *, checked_at: float, model_version: str | None, has_html: bool,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON summary: healmesh's decision and statistics (``html``: the report's file name, or None)."""
+    return {"name": name, "checked_at": checked_at, "model_version": model_version,
+            "html": f"{name}.html" if has_html else None, **result.to_dict(),
+            "top_features": result.top(5), **(extra or {})}
 
 
-def write_index(directory: Path) -> Path:
-    rows = []
-    for s in summaries(directory):
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(s["checked_at"]))
-        top = ", ".join(f"{html.escape(f)} ({psi:.2f})" for f, psi in s.get("top_features", [])[:3])
-        drifted = ", ".join(html.escape(f) for f in s.get("drifted_features", [])) or "none"
-        link = f'<a href="{html.escape(s["html"])}">report</a>' if s.get("html") else "no report (window too small)"
-        decision = html.escape(s["decision"])
-        rows.append(f"<tr class='{decision}'><td>{when}</td><td>v{html.escape(str(s.get('model_version')))}</td>"
-                    f"<td>{s['window_size']}</td><td><b>{decision}</b></td><td>{s['share_drifted']:.0%}</td>"
-                    f"<td>{drifted}</td><td>{top}</td><td>{html.escape(s.get('headline', ''))}</td>"
-                    f"<td>{link}</td></tr>")
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>healmesh drift reports</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
-table {{ border-collapse: collapse; width: 100%; }}
-th, td {{ border-bottom: 1px solid #ddd; padding: .4rem .6rem; text-align: left; font-size: 14px; }}
-tr.drift td {{ background: #fde8e8; }} tr.insufficient_data td {{ color: #888; }}
-tr.drift_reported td, tr.anomalous_traffic td {{ background: #fff6dd; }}
-</style></head>
-<body><h1>healmesh drift reports</h1>
-<p>{len(rows)} checks, newest first. Reference: the champion's training sample; current: the recent
-window of live traffic from the feature log.</p>
-<table><thead><tr><th>checked</th><th>champion</th><th>window</th><th>decision</th><th>drifted share</th>
-<th>drifted features</th><th>most drifted (PSI)</th><th>why</th><th>report</th></tr></thead>
-<tbody>
-{chr(10).join(rows)}
-</tbody></table></body></html>
-"""
+def record_of(summary: dict[str, Any], run_id: str, artifact_uri: str) -> ReportRecord:
+    """The control state's listing of a report stored in MLflow."""
+    return ReportRecord(
+        id=summary["name"], checked_at=float(summary["checked_at"]),
+        model_version=None if summary["model_version"] is None else str(summary["model_version"]),
+        window_size=int(summary["window_size"]), decision=str(summary["decision"]),
+        share_drifted=float(summary["share_drifted"]), headline=str(summary.get("headline", "")),
+        drifted_features=tuple(summary.get("drifted_features", ())),
+        top_features=tuple((str(f), float(p)) for f, p in summary.get("top_features", ())),
+        has_html=summary.get("html") is not None, run_id=run_id, artifact_uri=artifact_uri)
+
+
+def write_mirror(directory: Path, record: ReportRecord, html_path: Path | None, summary: dict[str, Any],
+                 listed: list[ReportRecord]) -> Path | None:
+    """The local, browsable mirror: ``<id>.html``, ``<id>.json`` and ``index.html`` (rendered from
+    the control state's listing, as the gateway's is). Best effort: the reports live in MLflow,
+    and a mirror that cannot be written (a read-only or full disk) never fails the check. Nothing
+    reads it back. Returns the summary's path, or None when it was not written."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        files = report_files(directory, record.id, "report id")
+        if html_path is not None:
+            tmp = directory / f".{record.id}.html.tmp"
+            shutil.copyfile(html_path, tmp)
+            os.replace(tmp, files["html"])
+        files["json"].write_text(json.dumps(summary, indent=2, default=str))
+        write_index(directory, listed)
+        return files["json"]
+    except Exception as exc:  # noqa: BLE001 - a mirror, never a reason to fail
+        log.warning("drift report %s: the local mirror in %s was not written: %s", record.id, directory, exc)
+        return None
+
+
+def write_index(directory: Path, listed: list[ReportRecord]) -> Path:
     path = directory / "index.html"
     tmp = directory / ".index.html.tmp"
-    tmp.write_text(page)
+    tmp.write_text(index_page(listed))
     os.replace(tmp, path)
     return path

@@ -29,8 +29,9 @@ from healmesh.control import events
 from healmesh.control.lease import LeaseStore
 from healmesh.errors import HealmeshError, NoModel
 from healmesh.evaluation import classification_metrics
+from healmesh.lifecycle import report_store
 from healmesh.lifecycle.archive import archive_once
-from healmesh.lifecycle.report_ids import check_report_id, report_files
+from healmesh.lifecycle.report_ids import check_report_id
 from healmesh.lifecycle.window import Window, attach_labels, labelled, read_window
 from healmesh.models.bundle import save_bundle
 from healmesh.policies.gate import GateOutcome, gate_with_confidence
@@ -88,8 +89,9 @@ def recent_labelled(settings: Settings, redis: Any, window_records: int | None =
 
 def run_retrain(settings: Settings, redis: Any, *, trigger: str, drift_check_id: str | None = None,
                 window_records: int | None = None, seed: int = 0) -> dict[str, Any]:
-    if drift_check_id is not None:  # it names files that are uploaded: checked before anything runs
-        drift_files = report_files(settings.drift_reports_dir, check_report_id(drift_check_id))
+    drift = None
+    if drift_check_id is not None:  # it names the report that is read: checked, and found in MLflow, first
+        drift = report_store.find_report(settings, check_report_id(drift_check_id))
     t0 = time.perf_counter()
     name = settings.xgb_registered_name
     champion = registry.version_by_alias(settings, name, settings.champion_alias)
@@ -117,9 +119,12 @@ def run_retrain(settings: Settings, redis: Any, *, trigger: str, drift_check_id:
             "healmesh.window_last_ts": f"{window.last_ts or 0:.3f}",
             "healmesh.champion_version": champion.version, "healmesh.gate": verdict.outcome.value,
             "healmesh.gate_reason": verdict.reason}
-    drift_artifacts = {"drift_report_html": drift_files["html"],
-                       "drift_report_json": drift_files["json"]} if drift_check_id else {}
     with tempfile.TemporaryDirectory(prefix="healmesh-retrain-") as tmp:
+        drift_artifacts = {}
+        if drift is not None:  # the report this run acts on, read from MLflow and kept with the run
+            tags |= {"healmesh.drift_run": drift.run_id, "healmesh.drift_report": drift.artifact_uri}
+            got = report_store.download(settings, drift.run_id, Path(tmp) / "drift")
+            drift_artifacts = {f"drift_report_{kind}": path for kind, path in got.items()}
         bundle_dir = save_bundle(model, meta, Path(tmp) / "xgboost")
         logged = log_model_run(
             settings, "xgboost", bundle_dir, meta, run_name="retrain-xgboost",

@@ -245,15 +245,18 @@ SCORERS: dict[str, str] = {
 
 def mlflow_server(port: int, state_dir: Path, log_dir: Path, backend_uri: str | None = None,
                   artifacts: Path | None = None) -> ServerProcess:
-    """An MLflow tracking server: SQLite (``state_dir/mlflow.db``) and local artifacts unless
-    ``backend_uri`` (for example a PostgreSQL URI) is given. Clients on this machine read and
-    write artifacts directly under ``artifacts`` (the same store the SQLite default uses)."""
+    """An MLflow tracking server: SQLite (``state_dir/mlflow.db``) unless ``backend_uri`` (for
+    example a PostgreSQL URI) is given. It proxies artifacts (``mlflow-artifacts:/`` URIs for new
+    experiments), stored under ``artifacts``: clients read and write them over HTTP, never from a
+    shared folder, so the scorers, the Airflow workers and the gateway need not share a disk with
+    it, and an S3/MinIO ``--artifacts-destination`` works the same in a cluster. Experiments made
+    before by a server without the proxy keep their file:// location."""
     state_dir.mkdir(parents=True, exist_ok=True)
     backend = backend_uri or f"sqlite:///{state_dir / 'mlflow.db'}"
     root = artifacts or state_dir / "artifacts"
     root.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", LOCALHOST, "--port", str(port),
-           "--backend-store-uri", backend, "--default-artifact-root", root.as_uri(), "--no-serve-artifacts",
+           "--backend-store-uri", backend, "--serve-artifacts", "--artifacts-destination", root.as_uri(),
            "--workers", "1"]
     return ServerProcess(name="mlflow", cmd=cmd, port=port, log_path=log_dir / "mlflow.log", ready_path="/health")
 

@@ -1,17 +1,21 @@
-"""``GET /ui/reports/{name}`` serves drift reports from the reports directory and nothing else.
-
-Through the route (as a browser reaches it): a name the guard refuses is 404 even where such a
-file exists in the directory, and a report name that is a link out of the directory is 404."""
+"""``GET /ui/reports/{name}``: a name that is not ``index.html`` or ``<report id>.html`` is 404
+before anything is looked up (even where such a file lies in the local mirror folder, which the
+gateway never reads), and a report is fetched from the MLflow artifact proxy within a size bound.
+The routes with the control state and a real MLflow server: tests/integration/test_drift_reports_mlflow.py."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
-from healmesh.gateway.status_page import status_app
+from healmesh.gateway.status_page import ARTIFACTS_API, fetch_artifact, report_id_of, status_app
 from healmesh.settings import get_settings
 
 REPORT = "20260101T000000Z_v1.html"
@@ -22,25 +26,19 @@ def reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[T
     directory = tmp_path / "reports"
     directory.mkdir()
     (directory / REPORT).write_text("<html>the report</html>")
-    (directory / "index.html").write_text("<html>the index</html>")
     (directory / "notes.txt").write_text("not a report")
     (directory / ".env").write_text("SECRET=1")
     (tmp_path / "secret.html").write_text("outside the reports directory")
     monkeypatch.setenv("HEALMESH_DRIFT_REPORTS_DIR", str(directory))
     get_settings.cache_clear()
-    with TestClient(status_app()) as client:
+    with TestClient(status_app(), raise_server_exceptions=False) as client:
         yield client, directory
     get_settings.cache_clear()
 
 
-def test_a_report_and_the_index_are_served(reports):
-    client, _ = reports
-    assert client.get(f"/reports/{REPORT}").text == "<html>the report</html>"
-    assert client.get("/reports/index.html").text == "<html>the index</html>"
-
-
-@pytest.mark.parametrize("name", ["notes.txt", ".env", "%2Eenv", "%2E%2E"])
-def test_a_file_that_is_not_a_report_is_not_served_even_when_it_exists(reports, name):
+@pytest.mark.parametrize("name", ["notes.txt", ".env", "%2Eenv", "%2E%2E", "20260101T000000Z_v1.json",
+                                  "20260101T000000Z_v1", "x.html", "20260101T000000Z_v..html"])
+def test_a_name_that_is_not_a_report_is_not_served_even_when_it_exists(reports, name):
     client, _ = reports
     r = client.get(f"/reports/{name}")
     assert r.status_code == 404 and r.json() == {"detail": "no such report"}  # the guard's answer
@@ -54,11 +52,51 @@ def test_an_encoded_path_out_of_the_directory_is_refused(reports, path):
     assert r.status_code == 404 and "outside" not in r.text
 
 
-def test_a_report_name_linking_out_of_the_directory_is_refused(reports, tmp_path):
-    client, directory = reports
-    (directory / "20260102T000000Z_v2.html").symlink_to(tmp_path / "secret.html")
-    r = client.get("/reports/20260102T000000Z_v2.html")
-    assert r.status_code == 404 and "outside" not in r.text
+def test_a_report_id_is_the_name_less_html():
+    assert report_id_of(REPORT) == "20260101T000000Z_v1"
+    with pytest.raises(HTTPException) as refused:
+        report_id_of("index.json")
+    assert refused.value.status_code == 404
+
+
+class _Artifacts(BaseHTTPRequestHandler):
+    """A stand-in for the artifact proxy's download route (a real HTTP server on 127.0.0.1)."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        name = self.path.removeprefix(ARTIFACTS_API)
+        code, body = {"ok.html": (200, b"<html>ok</html>"), "big.html": (200, b"x" * 5_000),
+                      "fail.html": (500, b"boom")}.get(name, (404, b"{}"))
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def artifacts_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Artifacts)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _status(coro) -> int:
+    with pytest.raises(HTTPException) as failed:
+        asyncio.run(coro)
+    return failed.value.status_code
+
+
+def test_an_artifact_is_fetched_within_its_bound_and_failures_are_told_apart(artifacts_server):
+    assert asyncio.run(fetch_artifact(artifacts_server, "ok.html")) == b"<html>ok</html>"
+    assert _status(fetch_artifact(artifacts_server, "big.html", limit=1_000)) == 502
+    assert _status(fetch_artifact(artifacts_server, "missing.html")) == 404
+    assert _status(fetch_artifact(artifacts_server, "fail.html")) == 502
+    assert _status(fetch_artifact("http://127.0.0.1:9", "ok.html")) == 502  # nobody listening
+    assert _status(fetch_artifact("sqlite:////tmp/mlflow.db", "ok.html")) == 503  # no server to ask
 
 
 def test_the_rollouts_shadow_stage_is_shown_with_the_mirror_and_its_agreement():
