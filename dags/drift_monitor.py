@@ -4,9 +4,11 @@
 Compares the recent window of live traffic (the gateway's feature log in Redis) with the
 champion's reference sample (an artifact of its MLflow run): per-feature KS, PSI,
 chi-square / Jensen-Shannon, plus Evidently's data-drift report, and the champion's live AUC
-where labels arrived. Writes `drift_reports/<UTC time>_v<version>.html`, a JSON summary and
-`drift_reports/index.html`; publishes the scores (the gateway exports them as
-`healmesh_drift_score`). The decision (`policies.drift_alarm.decide`): a feature drifts when
+where labels arrived. Stores the report and a JSON summary as an MLflow run of the drift
+experiment (`<UTC time>_v<version>`), lists it in the control state (the gateway's
+`/ui/reports/` serves it from there) and mirrors it into `drift_reports/` when it can; publishes
+the scores (the gateway exports them as `healmesh_drift_score`). The decision
+(`policies.drift_alarm.decide`): a feature drifts when
 significant after a false-discovery-rate correction over all features and above an effect floor;
 a drift on features the champion barely uses is `drift_reported`; a window dominated by a few
 distinct rows is `anomalous_traffic`; a live-AUC drop is drift. A window too small for a decision
