@@ -36,7 +36,7 @@ from healmesh.lifecycle.archive import Archiver, archive_once, decode_part
 from healmesh.lifecycle.retrain import build_training_set, recent_labelled
 from healmesh.lifecycle.window import attach_labels, read_window
 from healmesh.ops import procs
-from healmesh.policies.archive import StreamId, part_range
+from healmesh.policies.archive import StreamId, part_key, part_range
 from healmesh.policies.rollout import Lease
 from healmesh.settings import ArchiveConfig, RetrainConfig, Settings
 
@@ -254,3 +254,18 @@ def test_old_records_land_in_the_partition_of_their_hour(redis_srv, settings):
     Archiver(sync, prefix, store, batch_rows=50, retention_s=COLD_S, lease_ttl_s=30, clock=clock).run_once()
     names = store.list("features/")
     assert [n.rsplit("/", 1)[0] for n in names] == ["features/dt=2026-12-01/hour=23", "features/dt=2026-12-02/hour=00"]
+
+
+def test_days_past_the_retention_are_deleted_and_newer_ones_kept(redis_srv, settings):
+    sync = redis_sync.Redis(port=redis_srv.port)
+    store = store_of(settings)
+    now = calendar.timegm((2026, 12, 10, 12, 0, 0))
+    old = calendar.timegm((2026, 12, 8, 5, 0, 0)) * 1000  # wholly before the 1-day retention's cutoff day
+    kept = calendar.timegm((2026, 12, 9, 13, 0, 0)) * 1000  # inside the retention
+    for ms in (old, kept):
+        for stream in ("features", "labels"):
+            store.put(part_key(stream, StreamId(ms, 0), StreamId(ms, 1)), b"x")
+    run = Archiver(sync, settings.key_prefix, store, batch_rows=50, retention_s=COLD_S, lease_ttl_s=30,
+                   clock=lambda: float(now)).run_once()
+    assert run.pruned == 2
+    assert [k.split("/")[1] for k in store.list("")] == ["dt=2026-12-09", "dt=2026-12-09"]
