@@ -27,6 +27,7 @@ into one of these where we know what they mean.
     ├── MeshError                    (RuntimeError) the gateway's admin API refused a call or did not answer
     ├── UnexpectedReply              (RuntimeError) a store answered something its protocol does not allow
     ├── ServerFailed                 (RuntimeError) a local server did not start or did not get ready
+    ├── PostgresUnavailable          (RuntimeError) no PostgreSQL to create the rehearsal's metadata databases
     ├── SupervisorError              (RuntimeError) the local supervisor refused, or did not answer
     └── DemoFailed                   (RuntimeError) a step of the narrated demo did not happen
 

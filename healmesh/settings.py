@@ -73,28 +73,6 @@ class FeatureLogConfig(BaseModel):
     flush_interval_ms: float = Field(default=20.0, gt=0)
 
 
-class ClusterConfig(BaseModel):
-    """The cluster rehearsal, `healmesh up --profile cluster` (``HEALMESH_CLUSTER__<NAME>``;
-    healmesh.ops.cluster): every part its own home, as if on its own machine."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    # the gateway instances behind the load balancer (which listens on gateway_port)
-    gateway_ports: tuple[int, ...] = Field(default=(8010, 8011), min_length=2)
-    # one uvicorn worker each: two instances on two cores already fill them
-    gateway_workers: int = Field(default=1, ge=1)
-    celery_workers: int = Field(default=2, ge=1, le=8)
-    celery_concurrency: int = Field(default=2, ge=1)
-    # each Celery worker serves its task logs to the api-server on its own port, from this one up
-    worker_log_port: int = Field(default=8793, ge=1, le=65_000)
-    # an account that may create roles and databases; `up` creates Airflow's and MLflow's, each with
-    # its own generated password (a 0600 file under home/secrets)
-    postgres_admin_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
-    # a task whose worker died is failed (then retried) after this long without a heartbeat
-    # (Airflow's default, 300 s, would hold the loop five minutes per killed worker)
-    task_heartbeat_timeout_s: int = Field(default=30, ge=5)
-
-
 class ArchiveConfig(BaseModel):
     """The durable feature log: the feature and feedback streams copied to Parquet parts on an
     object store, beyond Redis's hot window (``HEALMESH_ARCHIVE__<NAME>``; healmesh.lifecycle.archive)."""
@@ -120,6 +98,32 @@ class ArchiveConfig(BaseModel):
     interval_s: float = Field(default=30.0, gt=0)
     # one archiver at a time holds a lease in Redis; a dead one frees it after this long
     lease_ttl_s: float = Field(default=120.0, gt=0)
+
+
+class ClusterConfig(BaseModel):
+    """The cluster rehearsal, `healmesh up --profile cluster` (``HEALMESH_CLUSTER__<NAME>``;
+    healmesh.ops.cluster): every part its own home, as if on its own machine."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # the gateway instances behind the load balancer (which listens on gateway_port)
+    gateway_ports: tuple[int, ...] = Field(default=(8010, 8011), min_length=2)
+    # one uvicorn worker each: two instances on two cores already fill them
+    gateway_workers: int = Field(default=1, ge=1)
+    celery_workers: int = Field(default=2, ge=1, le=8)
+    celery_concurrency: int = Field(default=2, ge=1)
+    # each Celery worker serves its task logs to the api-server on its own port, from this one up
+    worker_log_port: int = Field(default=8793, ge=1, le=65_000)
+    # an account that may create roles and databases; `up` creates Airflow's and MLflow's, each with
+    # its own generated password (a 0600 file under home/secrets)
+    postgres_admin_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    # the rehearsal's S3-compatible object store for the archive: moto in server mode, an in-memory
+    # stand-in for S3 or MinIO (what it holds is lost when it restarts)
+    s3_port: int = Field(default=9000, ge=1, le=65_535)
+    archive_bucket: str = "healmesh-archive"
+    # a task whose worker died is failed (then retried) after this long without a heartbeat
+    # (Airflow's default, 300 s, would hold the loop five minutes per killed worker)
+    task_heartbeat_timeout_s: int = Field(default=30, ge=5)
 
 
 class RetrainConfig(BaseModel):

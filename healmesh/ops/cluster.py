@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sys
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -62,8 +63,9 @@ def node_secret(node: Path, name: str, value: str) -> Path:
 
 def _node_env(settings: Settings, node: Path, base: Mapping[str, str], redis_password: str | None) -> dict[str, str]:
     env = {k: v for k, v in base.items() if k != "HEALMESH_REDIS_PASSWORD_FILE"}
-    env.update(HEALMESH_HOME=str(node), TMPDIR=str(private_dir(node / "tmp")),
-               HEALMESH_DRIFT_REPORTS_DIR=str(node / "drift_reports"))
+    # HOME too: what a library caches under ~ (BentoML's model store, matplotlib's fonts) is the node's own
+    env.update(HOME=str(node), HEALMESH_HOME=str(node), TMPDIR=str(private_dir(node / "tmp")),
+               BENTOML_HOME=str(node / "bentoml"), HEALMESH_DRIFT_REPORTS_DIR=str(node / "drift_reports"))
     if redis_password:
         env["HEALMESH_REDIS_PASSWORD_FILE"] = str(node_secret(node, "redis_password", redis_password))
     return env
@@ -165,7 +167,47 @@ def haproxy_program(settings: Settings) -> Program:
     config.write_text(haproxy_config(settings.gateway_port, dict(zip(gateway_names(settings),
                                                                      settings.cluster.gateway_ports, strict=True))))
     return Program(name="lb", argv=(binary, "-db", "-f", str(config)), log_path=str(node / "logs" / "lb.log"),
-                   port=settings.gateway_port, ready_path="/readyz", cwd=str(node), graceful_s=5.0)
+                   port=settings.gateway_port, ready_path="/readyz", cwd=str(node), graceful_s=5.0,
+                   env={"HOME": str(node), "HEALMESH_HOME": str(node)})
+
+
+def s3_program(settings: Settings) -> Program:
+    """The archive's object store: moto's S3 server on ``cluster.s3_port`` (ready: the port accepts)."""
+    node = node_home(settings, "s3")
+    return Program(name="s3", argv=(sys.executable, "-m", "moto.server", "-H", LOCALHOST,
+                                    "-p", str(settings.cluster.s3_port)),
+                   log_path=str(node / "logs" / "s3.log"), port=settings.cluster.s3_port, ready_path="",
+                   env={"HOME": str(node), "HEALMESH_HOME": str(node)}, cwd=str(node), graceful_s=5.0)
+
+
+def archive_env(settings: Settings) -> dict[str, str]:
+    """Where the parts that read or write the archive (the archiver, the lifecycle) find it: the
+    rehearsal's S3 server, with keys generated once (moto takes any; a real store checks them)."""
+    keys = secrets_dir(settings)
+    return {"HEALMESH_ARCHIVE__URL": f"s3://{settings.cluster.archive_bucket}/feature-log",
+            "HEALMESH_ARCHIVE__ENDPOINT_URL": local_url(settings.cluster.s3_port),
+            "AWS_ACCESS_KEY_ID": read_or_create(keys / "s3_access_key_id", 12),
+            "AWS_SECRET_ACCESS_KEY": read_or_create(keys / "s3_secret_access_key", 30)}
+
+
+def ensure_bucket(settings: Settings) -> None:
+    """The archive's bucket on the rehearsal's S3 server (a new server holds none)."""
+    import boto3
+
+    env = archive_env(settings)
+    client = boto3.client("s3", endpoint_url=env["HEALMESH_ARCHIVE__ENDPOINT_URL"],
+                          region_name=settings.archive.region, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    names = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+    if settings.cluster.archive_bucket not in names:
+        client.create_bucket(Bucket=settings.cluster.archive_bucket)
+
+
+def archiver_program(settings: Settings, base: Mapping[str, str], redis_password: str | None) -> Program:
+    node = node_home(settings, "archiver")
+    return Program(name="archiver", argv=(sys.executable, "-m", "healmesh.ops.cli", "archive", "run"),
+                   log_path=str(node / "logs" / "archiver.log"), ready_path=None,
+                   env={**_node_env(settings, node, base, redis_password), **archive_env(settings)}, cwd=str(node))
 
 
 AIRFLOW_PARTS = ("api-server", "scheduler", "dag-processor", "triggerer")

@@ -248,13 +248,17 @@ def cluster_plan(settings: Settings, airflow: bool = True) -> Plan:
     password = redis_conn.password(settings)
     tracking = local_url(settings.mlflow_port)
     env = scorer_env(settings, tracking)
-    store = tuple(p for p in (redis, cluster.mlflow_program(settings, dbs["mlflow"], env, password)) if p)
+    store = tuple(p for p in (redis, cluster.mlflow_program(settings, dbs["mlflow"], env, password),
+                              cluster.s3_program(settings)) if p)
     groups: list[tuple[Program, ...]] = [
         store, tuple(cluster.scorer_programs(settings, scorer_ports(settings), env, password, ROOT)),
         tuple(cluster.gateway_programs(settings, GATEWAY, gateway_env(settings, env), password, ROOT)),
         (cluster.haproxy_program(settings),)]
+    if settings.archive.enabled:
+        groups.append((cluster.archiver_program(settings, env, password),))
     if airflow:
-        base = {**gateway_env(settings, env), "HEALMESH_GATEWAY_URL": settings.gateway_api_url}
+        base = {**gateway_env(settings, env), "HEALMESH_GATEWAY_URL": settings.gateway_api_url,
+                **cluster.archive_env(settings)}
         shared = cluster.airflow_shared_env(settings, dbs["airflow"], redis_conn.url(settings), password)
         groups.append(tuple(cluster.airflow_programs(settings, ROOT / "dags", base, shared, password)))
     _check_ports(groups[1:])
@@ -371,6 +375,8 @@ def up(train_rows: int = 60_000, airflow: bool = True, profile: Profile = Profil
             return code
         if code := _start_group(settings, sup, group):
             return code
+        if i == 0 and profile is Profile.CLUSTER:
+            cluster.ensure_bucket(settings)
     print(f"secrets (0600): admin token {secret_path(settings, credentials.ADMIN_TOKEN)} (or HEALMESH_ADMIN_TOKEN), "
           f"labeller token {secret_path(settings, credentials.LABELLER_TOKEN)} (or HEALMESH_LABELLER_TOKEN)")
     _settle(settings)
