@@ -142,6 +142,8 @@ defaults
     timeout server 30s
     timeout http-keep-alive 60s
     option redispatch
+    # the whole body first: a request can be retried only if HAProxy holds all of it
+    option http-buffer-request
     retries 3
     retry-on conn-failure empty-response response-timeout
 

@@ -26,6 +26,7 @@ def test_haproxy_accepts_the_config_and_health_checks_every_gateway(tmp_path):
     assert "server gateway-1 127.0.0.1:18010 check" in text and "server gateway-2 127.0.0.1:18011 check" in text
     # what a killed gateway dropped goes to the other one
     assert "retry-on conn-failure empty-response" in text and "option redispatch" in text
+    assert "option http-buffer-request" in text  # a POST's body held, so it can be sent again
 
 
 def test_each_node_home_is_private_and_the_profile_is_remembered(tmp_path):
