@@ -189,24 +189,28 @@ def _airflow(cluster: Cluster) -> Any:
     return AirflowClient(local_url(cluster.ports["airflow"]), "admin", password)
 
 
-def _running_task(af: Any, dag_id: str) -> tuple[str, str] | None:
-    """(task id, task instance id) of a running task of the newest run of ``dag_id``."""
+def _running_task(af: Any, dag_id: str) -> tuple[str, str, str, int] | None:
+    """(run id, task id, task instance id, try number) of a running task of the newest run of
+    ``dag_id``."""
     for run in af.runs(dag_id, limit=1):
         tis = af._req("GET", f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]
         for ti in tis:
             if ti["state"] == "running":
-                return ti["task_id"], ti["id"]
+                return run["dag_run_id"], ti["task_id"], ti["id"], ti["try_number"]
     return None
 
 
 def _worker_running(cluster: Cluster, ti_id: str) -> tuple[str, int] | None:
-    """(program, pid) of the Celery worker whose process tree runs task instance ``ti_id`` (Airflow
-    titles the process running a task ``airflow worker -- <ti id>``)."""
+    """(program, pid) of the Celery worker whose process tree runs task instance ``ti_id`` now.
+    The task's own process is titled ``airflow worker -- <ti id>`` while it runs; the pool process
+    that supervised it keeps its ``airflow supervisor: <ti id>`` title after a delivery it did not
+    run (a duplicate the API refused), so only the first title says where the task runs."""
+    title = f"airflow worker -- {ti_id}"
     for name in ("celery-worker-1", "celery-worker-2"):
         for pid in cluster.supervisor.pids(name):
             for proc in procs.process_tree(pid):
                 try:
-                    if ti_id in " ".join(proc.cmdline()):
+                    if " ".join(proc.cmdline()).startswith(title):
                         return name, pid
                 except psutil.Error:
                     continue
@@ -230,6 +234,7 @@ def test_the_drift_loop_runs_to_promotion_through_a_killed_gateway_and_a_killed_
     reader.start()
     af = None
     killed: dict[str, float] = {}
+    killed_try: tuple[str, str, str, int] | None = None
     before_kill: Counter[str] = Counter()
     try:
         deadline = time.monotonic() + 1_500
@@ -250,11 +255,16 @@ def test_the_drift_loop_runs_to_promotion_through_a_killed_gateway_and_a_killed_
                 running = None if "worker" in killed else _running_task(af, "retrain")
             except httpx.HTTPError:
                 continue
-            if running and (worker := _worker_running(cluster, running[1])):
-                task, (name, pid) = running[0], worker
+            if running and (worker := _worker_running(cluster, running[2])):
+                (run_id, task, ti_id, try_number), (name, pid) = running, worker
+                tree = procs.process_tree(pid)
                 assert procs.kill_tree(pid)
                 killed["worker"] = time.monotonic() - t0
-                print(f"[{killed['worker']:6.1f}s] SIGKILL {name} (pid {pid}) while it ran retrain.{task}")
+                killed_try = (run_id, task, ti_id, try_number)
+                _, alive = psutil.wait_procs(tree, timeout=10)
+                assert not alive, f"the worker's processes outlived SIGKILL: {alive}"
+                print(f"[{killed['worker']:6.1f}s] SIGKILL {name} (pid {pid}, {len(tree)} processes) while it "
+                      f"ran retrain.{task} try {try_number} of {run_id}")
     finally:
         client.stop.set()
         watch.stop.set()
@@ -275,13 +285,21 @@ def test_the_drift_loop_runs_to_promotion_through_a_killed_gateway_and_a_killed_
     errors = {k: v for k, v in client.codes.items() if k != "200"}
     assert sum(errors.values()) <= 8, errors
     assert client.codes["200"] > 500
-    # the killed worker's task ran again: the retrain run succeeded after a second try
-    retrain = af.runs("retrain", limit=1)[0]
+    # the killed worker's task ran again: its try failed, a later try of it succeeded, the run too
+    assert killed_try is not None
+    run_id, task, _, try_number = killed_try
+    retrain = af.run("retrain", run_id)
+    history = af._req("GET", f"/dags/retrain/dagRuns/{run_id}/taskInstances/{task}/tries")["task_instances"]
+    states = {h["try_number"]: h["state"] for h in history}
     tries = {ti["task_id"]: ti["try_number"] for ti in af._req(
-        "GET", f"/dags/retrain/dagRuns/{retrain['dag_run_id']}/taskInstances")["task_instances"]}
-    assert retrain["state"] == "success" and max(tries.values()) >= 2, (retrain["state"], tries)
+        "GET", f"/dags/retrain/dagRuns/{run_id}/taskInstances")["task_instances"]}
+    assert retrain["state"] == "success", (retrain["state"], states, tries)
+    assert states.get(try_number) == "failed" and states.get(max(states)) == "success" and max(states) > try_number, \
+        (try_number, states, tries)
     print(f"retrain run {retrain['start_date']} -> {retrain['end_date']}, tries {tries}; gateway-1 restarts: "
           f"{len(cluster.supervisor.pids('gateway-1'))} process now, killed at {killed['gateway']:.0f} s")
+    print("retrain." + task + " tries: " + "; ".join(
+        f"{h['try_number']} {h['state']} {h['start_date']} -> {h['end_date']}" for h in history))
     # both gateways serve again (the supervisor restarted the killed one)
     for port in json.loads(cluster.env["HEALMESH_CLUSTER__GATEWAY_PORTS"]):
         assert procs.answers(port, "/readyz", timeout=10), port

@@ -152,7 +152,7 @@ def test_status_json_tells_each_process_its_restarts_and_no_secret(mesh):
     report = json.loads(done.stdout)
     procs_by_name = {p["name"]: p for p in report["processes"]}
     assert set(procs_by_name) == {"redis", "xgboost", "pytorch", "fallback", "gateway", "alertmanager",
-                                  "prometheus"}  # MLflow is the session's
+                                  "prometheus", "archiver"}  # MLflow is the session's
     for p in procs_by_name.values():
         assert p["state"] == "ready" and p["pid"] and p["uptime_s"] is not None and Path(p["log"]).is_file(), p
     assert procs_by_name["xgboost"]["restarts"] == 2 and procs_by_name["pytorch"]["restarts"] == 0  # killed twice
@@ -164,7 +164,7 @@ def test_status_json_tells_each_process_its_restarts_and_no_secret(mesh):
 
 
 def test_down_up_and_up_again_leave_no_stray_process(mesh):
-    assert len(mesh.ours()) >= 12  # supervisor, 7 programs, 4 BentoML workers
+    assert len(mesh.ours()) >= 13  # supervisor, 8 programs, 4 BentoML workers
     done = mesh.cli("down", timeout=180)
     assert done.returncode == 0, done.stderr
     assert mesh.ours() == [], [p.cmdline()[:3] for p in mesh.ours()]

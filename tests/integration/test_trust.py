@@ -129,14 +129,19 @@ def expired_count(up: Up) -> float:
                       if line.startswith('healmesh_gateway_labels_total{result="expired"}')))
 
 
-def test_a_label_after_the_retention_is_410_and_counted(up):
-    late = keys.new_request_id(time.time() - 2 * 3_600)  # the default retention is an hour
+def test_a_label_past_the_hot_window_is_stored_cold_and_past_the_archive_410_and_counted(up):
+    # the hot window (HEALMESH_LABEL_RETENTION_S) is an hour by default; past it the label is kept
+    # for the archive as long as the archive keeps the request's features (30 days by default)
+    cold = keys.new_request_id(time.time() - 2 * 3_600)
+    r = label(up, {"request_id": cold, "label": 1}, up.labeller)
+    assert r.status_code == 200 and r.json()["status"] == "stored_cold", r.text
+    late = keys.new_request_id(time.time() - 31 * 86_400)
     before = expired_count(up)
     r = label(up, {"request_id": late, "label": 1}, up.labeller)
-    assert r.status_code == 410 and "HEALMESH_LABEL_RETENTION_S" in r.json()["detail"], r.text
+    assert r.status_code == 410 and "HEALMESH_ARCHIVE__RETENTION_S" in r.json()["detail"], r.text
     batch = httpx.post(up.url("gateway") + "/api/v1/feedback/batch", json=[{"request_id": late, "label": 0}],
                        headers=up.labeller).json()
-    assert batch["expired"] == [late] and batch["stored"] == 0
+    assert batch["expired"] == [late] and batch["stored"] == 0 and batch["stored_cold"] == 0
     assert expired_count(up) == before + 2
 
 
