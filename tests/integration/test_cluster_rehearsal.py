@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -256,11 +257,12 @@ def test_the_drift_loop_runs_to_promotion_through_a_killed_gateway_and_a_killed_
             except httpx.HTTPError:
                 continue
             if running and (worker := _worker_running(cluster, running[2])):
-                (run_id, task, ti_id, try_number), (name, pid) = running, worker
-                tree = procs.process_tree(pid)
-                assert procs.kill_tree(pid)
+                (run_id, task, _, try_number), (name, pid) = running, worker
+                tree = procs.process_tree(pid)  # one snapshot: killed, then waited for
+                assert tree
+                procs.signal_all(tree, signal.SIGKILL)
                 killed["worker"] = time.monotonic() - t0
-                killed_try = (run_id, task, ti_id, try_number)
+                killed_try = running
                 _, alive = psutil.wait_procs(tree, timeout=10)
                 assert not alive, f"the worker's processes outlived SIGKILL: {alive}"
                 print(f"[{killed['worker']:6.1f}s] SIGKILL {name} (pid {pid}, {len(tree)} processes) while it "
