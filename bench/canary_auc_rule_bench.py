@@ -44,7 +44,7 @@ def main() -> None:
         data = split(generate(20_000, seed=seed), TrainConfig(seed=seed))
         models.append(fit_xgboost(data.train, data.val, seed)[0])
     live = generate(200_000, seed=99)
-    encoded, y = features.encode_frame(live), live[schema.LABEL].to_numpy()
+    encoded, y = features.encode_frame(live), live[schema.active().label].to_numpy()
     stable_p, canary_p = models[0].predict_proba(encoded), models[1].predict_proba(encoded)
     rng = np.random.default_rng(0)
     rows = []

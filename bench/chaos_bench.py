@@ -273,7 +273,7 @@ def run_row(mesh: Mesh, row: tuple[str, str | None, Any, Any], script: Path, row
 
 def card_bodies(n: int, seed: int) -> list[dict[str, Any]]:
     """``n`` request bodies with their cards (sticky routing keys), as JSON-ready dicts."""
-    cols = list(schema.FEATURE_NAMES) + [schema.ENTITY_KEY]
+    cols = list(schema.active().feature_names) + [schema.active().entity_key]
     frame = generate(n, seed=seed)
     return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in frame[cols].to_dict("records")]
 

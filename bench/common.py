@@ -118,7 +118,7 @@ def start_mesh(work: Path, env: dict[str, str], gateway_env: dict[str, str] | No
 
 
 def one_transaction(card_id: bool = False) -> dict[str, Any]:
-    cols = list(schema.FEATURE_NAMES) + ([schema.ENTITY_KEY] if card_id else [])
+    cols = list(schema.active().feature_names) + ([schema.active().entity_key] if card_id else [])
     row = generate(1, seed=42)[cols].iloc[0].to_dict()
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
 

@@ -48,11 +48,12 @@ def shapes(n: int = 200) -> list[dict[str, Any]]:
     """Record payloads as the gateway writes them (features + answer), from generated traffic."""
     frame = generate(n, seed=3)
     out = []
-    for row in frame[list(schema.FEATURE_NAMES) + [schema.ENTITY_KEY]].to_dict("records"):
-        features = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items() if k != schema.ENTITY_KEY}
+    for row in frame[list(schema.active().feature_names) + [schema.active().entity_key]].to_dict("records"):
+        key = schema.active().entity_key
+        features = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items() if k != key}
         out.append({"variant": "xgboost_stable", "model": "xgboost", "model_version": "1", "probability": 0.0123,
                     "label": 0, "fallback": False, "degraded": False, "latency_ms": 12.345,
-                    "card_id": row[schema.ENTITY_KEY], "features": features})
+                    "card_id": row[schema.active().entity_key], "features": features})
     return out
 
 

@@ -43,7 +43,7 @@ async def _predict(url: str, n: int, seed: int) -> list[str]:
     """``n`` transactions through the gateway in requests of 100 rows; their request ids."""
     import httpx
 
-    frame = generate(n, seed=seed)[list(schema.FEATURE_NAMES)]
+    frame = generate(n, seed=seed)[list(schema.active().feature_names)]
     rows = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in frame.to_dict("records")]
     ids: list[str] = []
     async with httpx.AsyncClient(timeout=30) as client:

@@ -97,7 +97,7 @@ def overhead(mesh: Mesh, duration: int, rounds: int, work: Path) -> dict[str, An
 
 def chaos(mesh: Mesh, concurrency: int = 16, total_s: float = 60.0, kill_at: float = 20.0,
           restart_at: float = 40.0) -> dict[str, Any]:
-    rows = generate(5_000, seed=3)[list(schema.FEATURE_NAMES)].to_dict("records")
+    rows = generate(5_000, seed=3)[list(schema.active().feature_names)].to_dict("records")
     bodies = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows]
     url = mesh.gateway.url + "/api/v1/predict"
     replies: list[tuple[float, int, str]] = []  # (time since start, status, variant)

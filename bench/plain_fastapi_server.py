@@ -14,7 +14,7 @@ Two ways to run it:
       python bench/plain_fastapi_server.py --bundle DIR --port 8101
 
 Either way: ``POST /predict`` with a list of transactions, the scorers' validation model
-(``healmesh.schema.Transaction``) and answer model (``Score``), no batching, no access log,
+(``healmesh.schema.active().transaction``) and answer model (``Score``), no batching, no access log,
 ``GET /readyz`` for readiness, and the serving processes' GC tuning
 (``healmesh.heap.freeze_heap``) applied at start in every worker.
 """
@@ -38,10 +38,13 @@ if str(ROOT) not in sys.path:
 import uvicorn  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
+from healmesh import schema  # noqa: E402
 from healmesh.heap import freeze_heap  # noqa: E402
 from healmesh.models.bundle import Bundle, find_bundle, load_bundle  # noqa: E402
 from healmesh.policies.routing import key_point  # noqa: E402
-from healmesh.schema import ENTITY_KEY, Transaction  # noqa: E402
+
+ENTITY_KEY = schema.active().entity_key
+Transaction = schema.active().transaction
 from healmesh.serving.scorer import Score  # noqa: E402
 
 CONFIG_ENV = "HEALMESH_PLAIN_SERVER_CONFIG"  # how the workers (separate processes) get their settings

@@ -26,7 +26,10 @@ S = get_settings()
 FAST_ROUTE = "/api/v1/predict"
 API_ROUTES = [FAST_ROUTE, "/api/v1/feedback", "/predict"]
 # the typed API's batch: BentoML answers 400 naming `rows` outside these bounds
-Rows = Annotated[list[schema.Transaction], Field(min_length=1, max_length=S.max_batch_rows)]  # type: ignore[valid-type]
+# the project this process serves: its row model types the API, its entity key routes
+Transaction = schema.active().transaction
+ENTITY_KEY = schema.active().entity_key
+Rows = Annotated[list[Transaction], Field(min_length=1, max_length=S.max_batch_rows)]  # type: ignore[valid-type]
 
 
 @bentoml.service(
@@ -64,7 +67,7 @@ class Gateway:
         POST /api/v1/predict, which stays the fast route."""
         records = [r.model_dump() for r in rows]
         try:
-            out, _ = await self.core.predict(records, records[0].get(schema.ENTITY_KEY))
+            out, _ = await self.core.predict(records, records[0].get(ENTITY_KEY) if ENTITY_KEY else None)
         except Saturated as exc:
             # a returned Response is sent as it is; a 5xx BentoML exception would lose the body and Retry-After
             status, body, headers = shed_answer(exc)

@@ -1,3 +1,3 @@
-"""healmesh: a self-healing ML serving mesh for card-fraud scoring."""
+"""healmesh: a self-healing ML serving mesh for tabular binary classifiers."""
 
 __version__ = "0.1.0"

@@ -4,6 +4,7 @@ into one of these where we know what they mean.
 
     HealmeshError                    the base: everything below is ours
     ├── ConfigError                  (ValueError) a setting, config or parameter outside what it allows
+    │   └── ProjectError             a project file that cannot be served (names the file and the field)
     ├── InvalidData                  (ValueError) data handed to us is not what it must be
     │   ├── SchemaError              a table does not match the feature schema
     │   ├── BadReportId              a drift report id that does not match, or leaves the reports folder

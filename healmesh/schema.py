@@ -1,24 +1,28 @@
-"""The one feature schema for card-transaction fraud scoring.
+"""The feature schema of the project this process serves (``healmesh.project``).
 
-Everything that names a feature reads it from ``FEATURES``: request validation
-(``Transaction``), the data generator, file loading (``validate_frame``), the fallback
-rules, model encoding and drift detection. Nothing else lists the features.
+A ``Schema`` is built from a project's declaration and is everything that reads a feature:
+request validation (``transaction``), file and frame validation (``validate_frame``), the
+model encoding (``encoder``), the fallback rules, drift detection and the reports.
+``active()`` is the schema of ``HEALMESH_PROJECT`` (the fraud example without it); code that
+serves one process's project calls it, code that must work for any project takes a ``Schema``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from healmesh import project as project_file
 from healmesh.errors import InvalidData
-
-LABEL = "is_fraud"
-# The entity key: optional on requests, used for sticky routing; never a model input.
-ENTITY_KEY = "card_id"
+from healmesh.project import FeatureKind, Project
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class NumericFeature:
     integer: bool = False
     # Heavy right tail: modelled on a log scale, shifted multiplicatively.
     skewed: bool = False
+    # the data file's column, when it differs from the name
+    column: str | None = None
 
     kind: Literal["numeric"] = "numeric"
 
@@ -40,103 +46,12 @@ class CategoricalFeature:
     name: str
     categories: tuple[str, ...]
     description: str
+    column: str | None = None
 
     kind: Literal["categorical"] = "categorical"
 
 
 Feature = NumericFeature | CategoricalFeature
-
-FEATURES: tuple[Feature, ...] = (
-    NumericFeature("amount", "USD", 0.0, 50_000.0, "transaction amount", skewed=True),
-    NumericFeature("hour", "hour of day (card holder's local time)", 0, 23, "hour of the transaction", integer=True),
-    NumericFeature("distance_from_home_km", "km", 0.0, 20_000.0, "distance from the card holder's home", skewed=True),
-    NumericFeature("distance_from_last_txn_km", "km", 0.0, 20_000.0, "distance from the card's previous transaction",
-                   skewed=True),
-    NumericFeature("seconds_since_last_txn", "s", 0.0, 31_536_000.0, "time since the card's previous transaction",
-                   skewed=True),
-    NumericFeature("txn_count_1h", "transactions", 0, 200, "card's transactions in the last hour", integer=True),
-    NumericFeature("txn_count_24h", "transactions", 0, 1_000, "card's transactions in the last 24 hours", integer=True),
-    NumericFeature("amount_to_avg_7d", "ratio", 0.0, 1_000.0, "amount divided by the card's 7-day average amount",
-                   skewed=True),
-    NumericFeature("card_age_days", "days", 0, 20_000, "days since the card was issued", integer=True),
-    NumericFeature("customer_age_years", "years", 18, 110, "card holder's age", integer=True),
-    NumericFeature("merchant_risk_score", "probability", 0.0, 1.0, "merchant's historical chargeback risk"),
-    NumericFeature("failed_auth_24h", "attempts", 0, 50, "failed PIN/CVV attempts on the card in 24 hours",
-                   integer=True),
-    CategoricalFeature(
-        "merchant_category",
-        ("grocery", "restaurant", "fuel", "online_retail", "entertainment", "pharmacy",
-         "travel", "electronics", "atm_cash", "jewelry", "gambling", "other"),
-        "merchant category group",
-    ),
-    CategoricalFeature(
-        "channel",
-        ("chip", "contactless", "swipe", "online", "phone_order", "atm"),
-        "how the card was presented",
-    ),
-    CategoricalFeature("geo", ("domestic", "foreign"), "merchant country against the card's country"),
-    CategoricalFeature("card_type", ("debit", "credit", "prepaid"), "card product"),
-)
-
-FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
-NUMERIC: tuple[NumericFeature, ...] = tuple(f for f in FEATURES if isinstance(f, NumericFeature))
-CATEGORICAL: tuple[CategoricalFeature, ...] = tuple(f for f in FEATURES if isinstance(f, CategoricalFeature))
-BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}
-
-
-def feature(name: str) -> Feature:
-    try:
-        return BY_NAME[name]
-    except KeyError:
-        raise KeyError(f"unknown feature {name!r}; the schema has {', '.join(FEATURE_NAMES)}") from None
-
-
-# --- request model ---------------------------------------------------------------------------
-
-
-def example_row() -> dict[str, Any]:
-    """One valid transaction (the low end of every range, the first category): what a warm-up or
-    a readiness check sends through a model."""
-    row: dict[str, Any] = {}
-    for f in FEATURES:
-        if isinstance(f, CategoricalFeature):
-            row[f.name] = f.categories[0]
-        else:
-            row[f.name] = int(f.min) if f.integer else float(f.min)
-    return row
-
-
-def _field_type(f: Feature) -> Any:
-    if isinstance(f, CategoricalFeature):
-        return Annotated[Literal[f.categories], Field(description=f"{f.description}; one of {', '.join(f.categories)}")]
-    base = int if f.integer else float
-    # strict: "12.5" (a string) or true are wrong types, not numbers to coerce
-    return Annotated[
-        base,
-        Field(ge=f.min, le=f.max, strict=True, allow_inf_nan=False,
-              description=f"{f.description} [{f.unit}], {f.min:g} to {f.max:g}"),
-    ]
-
-
-def _build_transaction_model() -> type[BaseModel]:
-    fields: dict[str, Any] = {f.name: (_field_type(f), ...) for f in FEATURES}
-    fields[ENTITY_KEY] = (
-        Annotated[str | None, Field(default=None, min_length=1, max_length=64,
-                                    description="card identifier; routing key, not a model input")],
-        None,
-    )
-    return create_model(
-        "Transaction",
-        __config__=ConfigDict(extra="forbid", frozen=True),
-        __doc__="One card transaction to score. Unknown fields are refused.",
-        **fields,
-    )
-
-
-Transaction: type[BaseModel] = _build_transaction_model()
-
-
-# --- frame validation (files, generator output) ---------------------------------------------
 
 
 class SchemaError(InvalidData):
@@ -149,44 +64,225 @@ class SchemaError(InvalidData):
         super().__init__(f"{where}: {message}")
 
 
-def validate_frame(df: pd.DataFrame, *, require_label: bool = False) -> pd.DataFrame:
-    """Check every feature column of ``df``; return a copy with schema dtypes.
+class Schema:
+    """The features, the label and the entity key of one project."""
 
-    Rows are numbered from 0 in the order of the file (the first data row is row 0).
-    """
-    required = list(FEATURE_NAMES) + ([LABEL] if require_label else [])
-    for name in required:
-        if name not in df.columns:
-            raise SchemaError(name, "missing column")
-    if df.empty:
-        raise SchemaError(FEATURE_NAMES[0], "the table has no rows")
-    out = df.copy()
-    for f in FEATURES:
-        col = df[f.name]
-        if isinstance(f, CategoricalFeature):
-            values = col.astype("string")
-            bad = ~values.isin(f.categories).fillna(False).to_numpy()
-            _raise_first(f.name, bad, col, f"not one of {', '.join(f.categories)}")
-            out[f.name] = values.astype(str)
-            continue
-        numeric = pd.to_numeric(col, errors="coerce")
-        not_number = numeric.isna().to_numpy()
-        _raise_first(f.name, not_number, col, "not a number")
-        arr = numeric.to_numpy(dtype=float)
-        _raise_first(f.name, ~np.isfinite(arr), col, "not a finite number")
-        out_of_range = (arr < f.min) | (arr > f.max)
-        _raise_first(f.name, out_of_range, col, f"outside [{f.min:g}, {f.max:g}]")
-        if f.integer:
-            _raise_first(f.name, arr != np.floor(arr), col, "not a whole number")
-            out[f.name] = arr.astype(np.int64)
+    def __init__(self, features: tuple[Feature, ...], *, label: str, entity_key: str | None = None,
+                 positive: int | str = 1, negative: int | str | None = None, label_description: str = "") -> None:
+        self.features = features
+        self.label = label
+        self.entity_key = entity_key
+        self.positive = positive
+        self.negative = negative
+        self.label_description = label_description
+        self.feature_names: tuple[str, ...] = tuple(f.name for f in features)
+        self.numeric: tuple[NumericFeature, ...] = tuple(f for f in features if isinstance(f, NumericFeature))
+        self.categorical: tuple[CategoricalFeature, ...] = tuple(
+            f for f in features if isinstance(f, CategoricalFeature))
+        self.by_name: dict[str, Feature] = {f.name: f for f in features}
+
+    @classmethod
+    def from_project(cls, p: Project) -> Schema:
+        out: list[Feature] = []
+        for f in p.features:
+            if f.type is FeatureKind.CATEGORICAL:
+                out.append(CategoricalFeature(f.name, tuple(f.categories or ()), f.description, column=f.column))
+            else:
+                integer = f.type is FeatureKind.INTEGER
+                lo, hi = float(f.min or 0.0), float(f.max or 0.0)
+                out.append(NumericFeature(f.name, f.unit, int(lo) if integer else lo, int(hi) if integer else hi,
+                                          f.description, integer=integer, skewed=f.log_scale, column=f.column))
+        return cls(tuple(out), label=p.label.column, entity_key=p.entity_key, positive=p.label.positive,
+                   negative=p.label.negative, label_description=p.label.description)
+
+    def feature(self, name: str) -> Feature:
+        try:
+            return self.by_name[name]
+        except KeyError:
+            raise KeyError(f"unknown feature {name!r}; the schema has {', '.join(self.feature_names)}") from None
+
+    # --- request model -----------------------------------------------------------------------
+
+    def example_row(self) -> dict[str, Any]:
+        """One valid row (the low end of every range, the first category): what a warm-up or
+        a readiness check sends through a model."""
+        row: dict[str, Any] = {}
+        for f in self.features:
+            if isinstance(f, CategoricalFeature):
+                row[f.name] = f.categories[0]
+            else:
+                row[f.name] = int(f.min) if f.integer else float(f.min)
+        return row
+
+    @cached_property
+    def transaction(self) -> type[BaseModel]:
+        """The pydantic model of one row to score (named ``Transaction``: the name BentoML's
+        OpenAPI document and the typed client know it by)."""
+        fields: dict[str, Any] = {f.name: (_field_type(f), ...) for f in self.features}
+        if self.entity_key:
+            fields[self.entity_key] = (
+                Annotated[str | None, Field(default=None, min_length=1, max_length=64,
+                                            description="entity key: sticky routing, not a model input")],
+                None,
+            )
+        return create_model(
+            "Transaction",
+            __config__=ConfigDict(extra="forbid", frozen=True),
+            __doc__="One row to score. Unknown fields are refused.",
+            **fields,
+        )
+
+    @cached_property
+    def encoder(self) -> Encoder:
+        return Encoder(self)
+
+    # --- frame validation (files, generator output) -----------------------------------------
+
+    def rename_columns(self, df: pd.DataFrame) -> pd.DataFrame:
+        """A data file's columns under the features' names (``column:`` in the project file)."""
+        mapping = {f.column: f.name for f in self.features if f.column and f.column != f.name}
+        return df.rename(columns=mapping) if mapping and set(mapping) & set(df.columns) else df
+
+    def validate_frame(self, df: pd.DataFrame, *, require_label: bool = False) -> pd.DataFrame:
+        """Check every feature column of ``df``; return a copy with schema dtypes. The label, when
+        present, becomes 0/1 (1: the project's positive class).
+
+        Rows are numbered from 0 in the order of the file (the first data row is row 0).
+        """
+        df = self.rename_columns(df)
+        required = list(self.feature_names) + ([self.label] if require_label else [])
+        for name in required:
+            if name not in df.columns:
+                raise SchemaError(name, "missing column")
+        if df.empty:
+            raise SchemaError(self.feature_names[0], "the table has no rows")
+        out = df.copy()
+        for f in self.features:
+            col = df[f.name]
+            if isinstance(f, CategoricalFeature):
+                values = col.astype("string")
+                bad = ~values.isin(f.categories).fillna(False).to_numpy()
+                _raise_first(f.name, bad, col, f"not one of {', '.join(f.categories)}")
+                out[f.name] = values.astype(str)
+                continue
+            numeric = pd.to_numeric(col, errors="coerce")
+            not_number = numeric.isna().to_numpy()
+            _raise_first(f.name, not_number, col, "not a number")
+            arr = numeric.to_numpy(dtype=float)
+            _raise_first(f.name, ~np.isfinite(arr), col, "not a finite number")
+            out_of_range = (arr < f.min) | (arr > f.max)
+            _raise_first(f.name, out_of_range, col, f"outside [{f.min:g}, {f.max:g}]")
+            if f.integer:
+                _raise_first(f.name, arr != np.floor(arr), col, "not a whole number")
+                out[f.name] = arr.astype(np.int64)
+            else:
+                out[f.name] = arr
+        if self.label in df.columns:
+            out[self.label] = self.binary_labels(df[self.label])
+        return out
+
+    def binary_labels(self, col: pd.Series) -> pd.Series:
+        """The label column as 0/1, 1 for the positive class; any third value is named."""
+        if self.positive in (0, 1) and self.negative in (None, 0, 1):
+            labels = pd.to_numeric(col, errors="coerce")
+            bad = ~labels.isin([0, 1]).to_numpy()
+            _raise_first(self.label, bad, col, "label must be 0 or 1")
+            out = labels.astype(np.int64)
+            return out if self.positive == 1 else 1 - out
+        raw = col.astype("string") if isinstance(self.positive, str) else pd.to_numeric(col, errors="coerce")
+        positive = raw == self.positive
+        if self.negative is not None:
+            allowed = positive | (raw == self.negative)
         else:
-            out[f.name] = arr
-    if LABEL in df.columns:
-        labels = pd.to_numeric(df[LABEL], errors="coerce")
-        bad = ~labels.isin([0, 1]).to_numpy()
-        _raise_first(LABEL, bad, df[LABEL], "label must be 0 or 1")
-        out[LABEL] = labels.astype(np.int64)
-    return out
+            others = raw[~positive.fillna(False)].dropna().unique()
+            allowed = positive | (raw == others[0]) if len(others) == 1 else positive
+        bad = ~allowed.fillna(False).to_numpy()
+        _raise_first(self.label, bad, col, f"not the positive class {self.positive!r} nor the one other value")
+        return positive.astype(np.int64)
+
+    # --- description ---------------------------------------------------------------------------
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The features as plain data (the CLI, docs, the fingerprint, a model version's schema)."""
+        rows: list[dict[str, Any]] = []
+        for f in self.features:
+            if isinstance(f, CategoricalFeature):
+                rows.append({"name": f.name, "type": "categorical", "values": list(f.categories),
+                             "description": f.description})
+            else:
+                rows.append({"name": f.name, "type": "integer" if f.integer else "number", "unit": f.unit,
+                             "min": f.min, "max": f.max, "description": f.description})
+        return rows
+
+    def fingerprint(self) -> str:
+        """Changes whenever the features (and so the encoding) change; stored with every model. The
+        skew hint is part of it (the MLP's scaler depends on it), the descriptions are not."""
+        desc = [{k: v for k, v in d.items() if k not in ("description", "unit")}
+                | {"skewed": getattr(self.by_name[d["name"]], "skewed", False)} for d in self.describe()]
+        blob = json.dumps(desc, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class Encoder:
+    """Model inputs: numeric features in schema order, then one column per category (one-hot).
+    The same encoding serves training (from a DataFrame) and scoring (from request records)."""
+
+    def __init__(self, schema: Schema) -> None:
+        self.schema = schema
+        self.encoded_names: tuple[str, ...] = tuple(f.name for f in schema.numeric) + tuple(
+            f"{f.name}={c}" for f in schema.categorical for c in f.categories
+        )
+        self.skewed_columns: tuple[int, ...] = tuple(i for i, f in enumerate(schema.numeric) if f.skewed)
+        self.n_numeric = len(schema.numeric)
+        self._numeric_names = [f.name for f in schema.numeric]
+        self._cat_offsets: dict[str, int] = {}
+        offset = self.n_numeric
+        for f in schema.categorical:
+            self._cat_offsets[f.name] = offset
+            offset += len(f.categories)
+        self._cat_index: dict[str, dict[str, int]] = {
+            f.name: {c: i for i, c in enumerate(f.categories)} for f in schema.categorical}
+        # the feature each encoded column belongs to (importance sums one-hot columns back)
+        self.source_feature: tuple[str, ...] = tuple(n.split("=")[0] if "=" in n and i >= self.n_numeric else n
+                                                     for i, n in enumerate(self.encoded_names))
+
+    def encode_frame(self, df: pd.DataFrame) -> np.ndarray:
+        out = np.zeros((len(df), len(self.encoded_names)), dtype=np.float32)
+        for i, name in enumerate(self._numeric_names):
+            out[:, i] = df[name].to_numpy(dtype=np.float32)
+        rows = np.arange(len(df))
+        for c in self.schema.categorical:
+            codes = pd.Categorical(df[c.name], categories=c.categories).codes
+            if (codes < 0).any():
+                bad = df[c.name].iloc[int(np.argmax(codes < 0))]
+                raise SchemaError(c.name, f"value {bad!r} is not a known category")
+            out[rows, self._cat_offsets[c.name] + codes] = 1.0
+        return out
+
+    def encode_records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Fast path for validated request records (a few to a few hundred rows)."""
+        out = np.zeros((len(records), len(self.encoded_names)), dtype=np.float32)
+        n = self.n_numeric
+        numeric_names = self._numeric_names
+        for r, rec in enumerate(records):
+            out[r, :n] = [rec[name] for name in numeric_names]
+            for name, index in self._cat_index.items():
+                out[r, self._cat_offsets[name] + index[rec[name]]] = 1.0
+        return out
+
+
+
+def _field_type(f: Feature) -> Any:
+    if isinstance(f, CategoricalFeature):
+        return Annotated[Literal[f.categories], Field(description=f"{f.description}; one of {', '.join(f.categories)}")]
+    base = int if f.integer else float
+    unit = f" [{f.unit}]" if f.unit else ""
+    # strict: "12.5" (a string) or true are wrong types, not numbers to coerce
+    return Annotated[
+        base,
+        Field(ge=f.min, le=f.max, strict=True, allow_inf_nan=False,
+              description=f"{f.description}{unit}, {f.min:g} to {f.max:g}"),
+    ]
 
 
 def _raise_first(column: str, bad: np.ndarray, col: pd.Series, message: str) -> None:
@@ -195,15 +291,11 @@ def _raise_first(column: str, bad: np.ndarray, col: pd.Series, message: str) -> 
         raise SchemaError(column, f"value {col.iloc[row]!r} is {message}", row=row)
 
 
-def describe() -> list[dict[str, Any]]:
-    """The schema as plain data (for the CLI and docs)."""
-    rows: list[dict[str, Any]] = []
-    for f in FEATURES:
-        if isinstance(f, CategoricalFeature):
-            rows.append({"name": f.name, "type": "categorical", "values": list(f.categories),
-                         "description": f.description})
-        else:
-            rows.append({"name": f.name, "type": "integer" if f.integer else "number", "unit": f.unit,
-                         "min": f.min, "max": f.max, "description": f.description})
-    return rows
+def active() -> Schema:
+    """The schema of the project this process serves."""
+    return _schema_of(project_file.active_path())
 
+
+@lru_cache(maxsize=8)
+def _schema_of(path: Any) -> Schema:
+    return Schema.from_project(project_file.active())

@@ -88,8 +88,8 @@ class ArchiveConfig(BaseModel):
     # unset: boto3's own chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile, an instance role)
     access_key_id: str | None = None
     secret_access_key: SecretStr | None = None
-    # how long archived rows are kept, and so how late a label may still arrive (30 days: fraud
-    # chargebacks come days to weeks after the answer); a later label is answered 410
+    # how long archived rows are kept, and so how late a label may still arrive (30 days: some
+    # labels, a chargeback say, come days to weeks after the answer); a later label is answered 410
     retention_s: int = Field(default=30 * 86_400, ge=60)
     # stream entries read per round trip, and the most rows in one part
     batch_rows: int = Field(default=50_000, ge=1)
@@ -169,7 +169,8 @@ class Settings(BaseSettings):
         default=None,
         description="tracking URI; MLFLOW_TRACKING_URI wins, else a SQLite store under home",
     )
-    experiment_name: str = "healmesh-fraud"
+    # default: healmesh-<the project's name> (healmesh.project)
+    experiment_name: str = "healmesh"
     xgb_registered_name: str = "healmesh-xgboost"
     mlp_registered_name: str = "healmesh-mlp"
     champion_alias: str = "champion"
@@ -323,6 +324,29 @@ class Settings(BaseSettings):
                              + ", ".join(f"{old} -> {_moved_env_names()[old]}" for old in stale))
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _project_defaults(cls, data: Any) -> Any:
+        """The project file's drift and gate settings and its experiment name, under whatever the
+        environment sets: a variable still wins over the file, the file over the defaults."""
+        from healmesh import project
+
+        if not isinstance(data, dict):
+            return data
+        try:
+            p = project.active()
+        except project.ProjectError:
+            return data  # `up` and every entry point report the file's error themselves
+        out = dict(data)
+        out.setdefault("experiment_name", f"healmesh-{p.name}")
+        if p.drift:
+            out["drift"] = {**p.drift, **dict(out.get("drift") or {})}
+        if p.gate:
+            retrain = dict(out.get("retrain") or {})
+            retrain["gate"] = {**p.gate, **dict(retrain.get("gate") or {})}
+            out["retrain"] = retrain
+        return out
+
     @field_validator("home", "drift_reports_dir")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
@@ -398,6 +422,22 @@ def _moved_env_names() -> dict[str, str]:
               **{f"HEALMESH_FEATURE_{name}": f"HEALMESH_FEATURE_LOG__{name}"
                  for name in ("STREAM_MAXLEN", "BUFFER_MAX", "FLUSH_BATCH", "FLUSH_INTERVAL_MS")}}
     return {old: new for old, new in moved.items() if old not in flat}
+
+
+def check_project_overrides(p: Any) -> None:
+    """A project file's drift and gate sections, checked by the very config classes the settings
+    use, so that a typo stops `up` with the field named (``project.ProjectError``)."""
+    from pydantic import ValidationError
+
+    from healmesh.project import ProjectError
+
+    for section, config in (("drift", DriftThresholds), ("gate", GateConfig)):
+        try:
+            config.model_validate(getattr(p, section))
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise ProjectError(f"{p.base_dir}: {section}.{where}: {first['msg']}") from None
 
 
 @lru_cache(maxsize=1)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from healmesh import bento_store, features, registry, rules, schema
+from healmesh import bento_store, features, project, registry, rules, schema
 from healmesh.errors import InvalidData
 from healmesh.evaluation import choose_threshold, classification_metrics
 from healmesh.models.bundle import BundleMeta, save_bundle
@@ -39,7 +39,8 @@ class TrainConfig:
     holdout_share: float = 0.2
     val_share: float = 0.15
     reference_rows: int = 5_000
-    mlp_epochs: int = 30
+    # None: the project file's (models.mlp.epochs)
+    mlp_epochs: int | None = None
     register: bool = True
     save_to_bentoml: bool = True
     # move `champion` to the new versions even when a champion exists
@@ -64,12 +65,15 @@ class TrainReport:
     positive_rate: float
     models: dict[str, ModelResult]
     rules_metrics: dict[str, float]
+    # "project": the file's own rules; "distilled": learnt from this training data
+    rules_origin: str = "project"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "rows": self.rows,
             "positive_rate": self.positive_rate,
             "rules": self.rules_metrics,
+            "rules_origin": self.rules_origin,
             "models": {k: vars(v) for k, v in self.models.items()},
         }
 
@@ -82,22 +86,33 @@ class Split:
 
 
 def split(df: pd.DataFrame, config: TrainConfig) -> Split:
-    rest, holdout = train_test_split(df, test_size=config.holdout_share, stratify=df[schema.LABEL],
+    rest, holdout = train_test_split(df, test_size=config.holdout_share, stratify=df[schema.active().label],
                                      random_state=config.seed)
     val_of_rest = config.val_share / (1.0 - config.holdout_share)
-    train, val = train_test_split(rest, test_size=val_of_rest, stratify=rest[schema.LABEL],
+    train, val = train_test_split(rest, test_size=val_of_rest, stratify=rest[schema.active().label],
                                   random_state=config.seed + 1)
     return Split(train.reset_index(drop=True), val.reset_index(drop=True), holdout.reset_index(drop=True))
 
 
+def decision_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """The project's decision threshold: the number its file gives, or the best F1 on ``(y, p)``."""
+    fixed = project.active().threshold
+    return choose_threshold(y, p) if fixed == "best_f1" else float(fixed)
+
+
 def fit_xgboost(train: pd.DataFrame, val: pd.DataFrame, seed: int) -> tuple[Any, BundleMeta]:
-    """XGBoost (hist) with early stopping on ``val``; its threshold is the best F1 on ``val``."""
+    """XGBoost (hist) with early stopping on ``val``; its threshold is the project's (by default
+    the best F1 on ``val``)."""
     from healmesh.models.xgb import XGBoostModel
 
-    Xv, yv = features.encode_frame(val), val[schema.LABEL].to_numpy()
-    model = XGBoostModel.fit(features.encode_frame(train), train[schema.LABEL].to_numpy(), Xv, yv, seed=seed)
+    spec = project.active().models.xgboost
+    label = schema.active().label
+    Xv, yv = features.encode_frame(val), val[label].to_numpy()
+    model = XGBoostModel.fit(features.encode_frame(train), train[label].to_numpy(), Xv, yv, seed=seed,
+                             num_rounds=spec.n_estimators,
+                             params={"max_depth": spec.max_depth, "eta": spec.learning_rate})
     pv = model.predict_proba(Xv)
-    return model, BundleMeta(kind="xgboost", threshold=choose_threshold(yv, pv),
+    return model, BundleMeta(kind="xgboost", threshold=decision_threshold(yv, pv),
                              params={"num_trees": model.booster.num_boosted_rounds()},
                              calibrator=Calibrator.fit(yv, pv).to_dict())
 
@@ -109,12 +124,15 @@ def fit_models(data: Split, config: TrainConfig, settings: Settings,
     progress("fit xgboost")
     out: dict[str, tuple[Any, BundleMeta]] = {"xgboost": fit_xgboost(data.train, data.val, config.seed)}
     progress("fit mlp")
-    X, y = features.encode_frame(data.train), data.train[schema.LABEL].to_numpy()
-    Xv, yv = features.encode_frame(data.val), data.val[schema.LABEL].to_numpy()
-    mlp = MLPModel.fit(X, y, Xv, yv, seed=config.seed, epochs=config.mlp_epochs, device=settings.torch_device)
+    X, y = features.encode_frame(data.train), data.train[schema.active().label].to_numpy()
+    Xv, yv = features.encode_frame(data.val), data.val[schema.active().label].to_numpy()
+    spec = project.active().models.mlp
+    epochs = config.mlp_epochs or spec.epochs
+    mlp = MLPModel.fit(X, y, Xv, yv, seed=config.seed, epochs=epochs, hidden=spec.hidden, dropout=spec.dropout,
+                       device=settings.torch_device)
     pv = mlp.predict_proba(Xv)
-    meta = BundleMeta(kind="mlp", threshold=choose_threshold(yv, pv),
-                      params={"hidden": mlp.hidden, "dropout": mlp.dropout, "epochs": config.mlp_epochs},
+    meta = BundleMeta(kind="mlp", threshold=decision_threshold(yv, pv),
+                      params={"hidden": mlp.hidden, "dropout": mlp.dropout, "epochs": epochs},
                       calibrator=Calibrator.fit(yv, pv).to_dict())
     out["mlp"] = (mlp, mlp.with_meta(meta))
     return out
@@ -123,17 +141,20 @@ def fit_models(data: Split, config: TrainConfig, settings: Settings,
 def train(df: pd.DataFrame, settings: Settings, config: TrainConfig = TrainConfig(),
           progress: Progress = lambda _: None) -> TrainReport:
     """Train, evaluate and (unless told not to) log, register and store both models."""
-    df = schema.validate_frame(df, require_label=True)
-    if df[schema.LABEL].nunique() < 2:
-        raise InvalidData("training data needs both fraudulent and legitimate rows")
+    S = schema.active()
+    df = S.validate_frame(df, require_label=True)
+    if df[S.label].nunique() < 2:
+        raise InvalidData(f"training data needs both classes of {S.label!r} (positive {S.positive!r}), "
+                          f"but has only {df[S.label].iloc[0]}")
     progress("split")
     data = split(df, config)
+    ruleset = fallback_rules(data, config, settings)
     fitted = fit_models(data, config, settings, progress)
 
     progress("evaluate")
-    y_hold = data.holdout[schema.LABEL].to_numpy()
+    y_hold = data.holdout[S.label].to_numpy()
     X_hold = features.encode_frame(data.holdout)
-    rules_metrics = classification_metrics(y_hold, rules.score_frame(data.holdout), rules.THRESHOLD)
+    rules_metrics = classification_metrics(y_hold, ruleset.score_frame(data.holdout), ruleset.threshold)
     results: dict[str, ModelResult] = {}
     for kind, (model, meta) in fitted.items():
         metrics = classification_metrics(y_hold, model.predict_proba(X_hold), meta.threshold)
@@ -146,13 +167,33 @@ def train(df: pd.DataFrame, settings: Settings, config: TrainConfig = TrainConfi
                 bundle_dir = save_bundle(model, meta, Path(tmp) / kind)
                 if config.register:
                     progress(f"log {kind} to mlflow")
-                    _log_and_register(kind, bundle_dir, meta, data, rules_metrics, config, settings, results[kind])
+                    _log_and_register(kind, bundle_dir, meta, data, rules_metrics, config, settings, results[kind],
+                                      ruleset)
                 if config.save_to_bentoml:
                     progress(f"save {kind} to bentoml")
                     results[kind].bento_tag = bento_store.save(
                         _bento_name(kind), bundle_dir, registry_version=results[kind].version, kind=kind)
-    return TrainReport(rows=len(df), positive_rate=float(df[schema.LABEL].mean()), models=results,
-                       rules_metrics=rules_metrics)
+    return TrainReport(rows=len(df), positive_rate=float(df[S.label].mean()), models=results,
+                       rules_metrics={**rules_metrics, "rules": float(len(ruleset.rules))},
+                       rules_origin=ruleset.origin)
+
+
+def fallback_rules(data: Split, config: TrainConfig, settings: Settings) -> rules.RuleSet:
+    """The project's own rules; a project that writes none gets rules distilled from the training
+    split, saved where its fallback scorer and gateway read them (``rules.distilled_path``)."""
+    from healmesh.models.distil import distil
+
+    p, S = project.active(), schema.active()
+    if p.fallback.rules:
+        return rules.RuleSet.from_spec(p.fallback)
+    spec = distil(data.train, S, seed=config.seed)
+    ruleset = rules.RuleSet.from_spec(spec, origin="distilled")
+    path = rules.distilled_path(settings.home, S.fingerprint())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(ruleset.to_json())
+    tmp.replace(path)  # a reader sees the old file or the new one, never half of one
+    return ruleset
 
 
 def registered_name(kind: str, settings: Settings) -> str:
@@ -166,18 +207,24 @@ def _bento_name(kind: str) -> str:
 def reference_sample(train: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
     """What the drift monitor compares live traffic with: a sample of the training data."""
     take = min(rows, len(train))
-    return train.sample(n=take, random_state=seed)[list(schema.FEATURE_NAMES) + [schema.LABEL]].reset_index(drop=True)
+    s = schema.active()
+    return train.sample(n=take, random_state=seed)[list(s.feature_names) + [s.label]].reset_index(drop=True)
 
 
 def _log_and_register(kind: str, bundle_dir: Path, meta: BundleMeta, data: Split, rules_metrics: dict[str, float],
-                      config: TrainConfig, settings: Settings, result: ModelResult) -> None:
+                      config: TrainConfig, settings: Settings, result: ModelResult, ruleset: rules.RuleSet) -> None:
     params = {"seed": config.seed, "train_rows": len(data.train), "val_rows": len(data.val),
               "holdout_rows": len(data.holdout), **meta.params}
     metrics = {**{f"holdout_{k}": v for k, v in meta.metrics.items()},
                **{f"rules_holdout_{k}": v for k, v in rules_metrics.items()}}
-    logged = log_model_run(settings, kind, bundle_dir, meta, run_name=f"train-{kind}", params=params, metrics=metrics,
-                           tags=config.tags, example=data.holdout,
-                           reference=reference_sample(data.train, config.reference_rows, config.seed))
+    with tempfile.TemporaryDirectory() as tmp:
+        rules_file = Path(tmp) / "rules.json"
+        rules_file.write_text(ruleset.to_json())
+        logged = log_model_run(settings, kind, bundle_dir, meta, run_name=f"train-{kind}", params=params,
+                               metrics=metrics, tags={**config.tags, "healmesh.rules": ruleset.origin},
+                               example=data.holdout,
+                               reference=reference_sample(data.train, config.reference_rows, config.seed),
+                               artifacts={"fallback": rules_file})
     result.run_id = logged.run_id
     result.registered_name, result.version = register(settings, kind, logged)
     current = registry.version_by_alias(settings, result.registered_name, settings.champion_alias)
@@ -201,7 +248,7 @@ def log_model_run(settings: Settings, kind: str, bundle_dir: Path, meta: BundleM
     from mlflow.models import infer_signature
 
     experiment_id = registry.ensure_experiment(settings)
-    example = example[list(schema.FEATURE_NAMES)].head(5)
+    example = example[list(schema.active().feature_names)].head(5)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.set_tags({"healmesh.kind": kind, "healmesh.schema": meta.schema_fingerprint, **tags})
         mlflow.log_params({k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in params.items()})
@@ -235,7 +282,8 @@ def register(settings: Settings, kind: str, logged: LoggedModel, tags: dict[str,
 
 def format_report(report: dict[str, Any]) -> str:
     """A ``TrainReport.to_dict()`` as the table `healmesh train` prints: holdout metrics per model."""
-    lines = [f"trained on {report['rows']} rows ({report['positive_rate']:.2%} fraud); holdout metrics:",
+    lines = [f"trained on {report['rows']} rows ({report['positive_rate']:.2%} positive); holdout metrics "
+             f"(rules: {report.get('rules_origin', 'project')}):",
              f"{'model':<10} {'ROC AUC':>8} {'PR AUC':>8} {'F1':>8} {'Brier':>8} {'threshold':>10}  registered"]
     rows = [("rules", report["rules"], None)] + [(k, v["metrics"], v) for k, v in report["models"].items()]
     for name, m, info in rows:

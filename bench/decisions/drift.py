@@ -63,7 +63,7 @@ def run() -> dict[str, Any]:
     started = time.perf_counter()
     t = DriftThresholds()
     importance = model_importance()
-    numeric = [f.name for f in schema.NUMERIC]
+    numeric = [f.name for f in schema.active().numeric]
     important = max(numeric, key=lambda n: importance[n])
     unimportant = min(numeric, key=lambda n: importance[n])
     reference = generate(REFERENCE, seed=1)

@@ -18,8 +18,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from healmesh import features, schema
-from healmesh.data import generate
-from healmesh.data.generator import DriftSpec
+from healmesh.data import DriftSpec, generate
 from healmesh.policies.estimation import Calibrator, CheckOutcome, EstimationConfig, compare, estimate
 from healmesh.training import TrainConfig, fit_xgboost, split
 
@@ -48,7 +47,8 @@ def run() -> dict[str, Any]:
     data = split(generate(60_000, seed=21), TrainConfig(seed=21))
     model, meta = fit_xgboost(data.train, data.val, 21)
     reference = pd.concat([data.val, data.holdout], ignore_index=True)
-    cal = Calibrator.fit(reference[schema.LABEL].to_numpy(), model.predict_proba(features.encode_frame(reference)))
+    label = schema.active().label
+    cal = Calibrator.fit(reference[label].to_numpy(), model.predict_proba(features.encode_frame(reference)))
     cal = Calibrator.from_dict(cal.to_dict())  # as it would be stored with the reference data
     threshold = float(cal.apply(np.array([meta.threshold]))[0])
 
@@ -60,7 +60,7 @@ def run() -> dict[str, Any]:
         frame = generate(WINDOWS * WINDOW_ROWS, seed=100 + i, drift=drift)
         errors, ests, reals, gaps, insufficient = [], [], [], 0, 0
         for w in _windows(frame):
-            y = w[schema.LABEL].to_numpy()
+            y = w[schema.active().label].to_numpy()
             probs = cal.apply(model.predict_proba(features.encode_frame(w)))
             est = estimate(probs, threshold)
             check = compare(est, y, probs, cfg)
@@ -71,7 +71,7 @@ def run() -> dict[str, Any]:
             reals.append(check.realised_auc)
             errors.append(abs(check.realised_auc - est.estimated_auc))
             gaps += check.outcome is CheckOutcome.GAP
-        y_all = frame[schema.LABEL].to_numpy()
+        y_all = frame[schema.active().label].to_numpy()
         p_all = cal.apply(model.predict_proba(features.encode_frame(frame)))
         rows.append({"name": name, "est": float(np.mean(ests)), "real": float(np.mean(reals)),
                      "pooled_true": float(roc_auc_score(y_all, p_all)),

@@ -67,13 +67,14 @@ def parse_predict_body(raw: bytes, max_rows: int) -> tuple[list[dict[str, Any]],
                        [{"field": None, "loc": ["body"], "msg": f"got {type(body).__name__}", "type": "type_error"}])
     rows: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
+    transaction = schema.active().transaction
     for i, item in enumerate(items):
         where: list[Any] = ["body"] if single else ["body", i]
         if not isinstance(item, dict):
             errors.append({"field": None, "loc": where, "msg": "a transaction must be an object", "type": "type_error"})
             continue
         try:
-            rows.append(schema.Transaction.model_validate(item).model_dump())
+            rows.append(transaction.model_validate(item).model_dump())
         except ValidationError as exc:
             for e in exc.errors(include_url=False, include_context=False, include_input=False):
                 field = str(e["loc"][0]) if e["loc"] else None
@@ -107,7 +108,7 @@ async def answer_predict(core: GatewayCore, raw: bytes, max_rows: int) -> tuple[
             body["detail"] = exc.detail
         return exc.status, json.dumps(body).encode(), {}
     try:
-        out, _ = await core.predict(rows, rows[0].get(schema.ENTITY_KEY))
+        out, _ = await core.predict(rows, core.entity_of(rows[0]))
     except Saturated as exc:
         return shed_answer(exc)
     return 200, json.dumps(out[0] if single else out).encode(), {}
@@ -204,7 +205,7 @@ class PredictAnswer(BaseModel):
 
 
 REQUEST_ID = Field(pattern=keys.REQUEST_ID.pattern, description="the request_id of a /predict answer")
-LABEL = Field(ge=0, le=1, strict=True, description="the true label: 1 fraud, 0 legitimate (an integer)")
+LABEL = Field(ge=0, le=1, strict=True, description="the true label: 1 the positive class, 0 the other (an integer)")
 WHY = Field(min_length=1, max_length=500, description="why this change (kept in the audit trail)")
 WHO = Field(default=None, max_length=100, description="who asks (default: the X-Healmesh-Actor header)")
 EXPECTED = Field(default=None, ge=0, description="refuse (409) unless the control state is at this version")
@@ -528,7 +529,7 @@ def _install_schema_components(app: FastAPI) -> None:
         if app.openapi_schema:
             return app.openapi_schema
         spec = original()
-        tx = schema.Transaction.model_json_schema(ref_template="#/components/schemas/{model}")
+        tx = schema.active().transaction.model_json_schema(ref_template="#/components/schemas/{model}")
         spec.setdefault("components", {}).setdefault("schemas", {})["Transaction"] = tx
         app.openapi_schema = spec
         return spec

@@ -115,7 +115,10 @@ class GatewayCore:
         self._rng = random.Random()
         # variant -> None when it answered a test prediction since its process was last seen up
         self.answering: dict[str, str | None] = {}
-        self._example = json.dumps({"rows": [schema.example_row()]}).encode()
+        self.schema = schema.active()
+        # the same rules as the fallback scorer's, read once: the last resort must not fail to load
+        self.ruleset = rules.active()
+        self._example = json.dumps({"rows": [self.schema.example_row()]}).encode()
         self._started = time.monotonic() if started_at is None else started_at
         self._was_ready = False
         self._short_since: float | None = None  # when the server ran short of workers (liveness)
@@ -372,11 +375,16 @@ class GatewayCore:
         return [{"probability": float(r["probability"]), "label": int(r["label"]), "model": str(r["model"]),
                  "model_version": str(r["model_version"])} for r in result.rows]
 
-    @staticmethod
-    def _rules(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        probs = rules.score_records(rows)
-        return [{"probability": float(p), "label": int(p >= rules.THRESHOLD), "model": routing.RULES,
-                 "model_version": rules.RULES_VERSION} for p in probs]
+    def entity_of(self, row: Mapping[str, Any]) -> str | None:
+        """The row's entity key (sticky routing), when the project declares one."""
+        key = self.schema.entity_key
+        return row.get(key) if key else None
+
+    def _rules(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        rs = self.ruleset
+        probs = rs.score_records(rows)
+        return [{"probability": float(p), "label": int(p >= rs.threshold), "model": routing.RULES,
+                 "model_version": rs.version} for p in probs]
 
     # --- feature log and shadow ----------------------------------------------------------
     def _log_primary(self, row: Mapping[str, Any], out: Mapping[str, Any], now: str) -> None:
@@ -385,7 +393,8 @@ class GatewayCore:
         self.feature_log.append(LogRecord(
             request_id=out["request_id"], kind="primary", ts=now,
             data={**answer, "fallback": out["fallback"], "degraded": out["degraded"], "latency_ms": out["latency_ms"],
-                  "card_id": row.get(schema.ENTITY_KEY), "features": {n: row[n] for n in schema.FEATURE_NAMES}}))
+                  "entity": row.get(self.schema.entity_key) if self.schema.entity_key else None,
+                  "features": {n: row[n] for n in self.schema.feature_names}}))
 
     def _maybe_shadow(self, rows: list[dict[str, Any]], out: list[dict[str, Any]], primary: str) -> None:
         shadow = self.state.shadow

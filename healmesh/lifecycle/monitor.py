@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from healmesh import registry
+from healmesh import registry, schema
 from healmesh.control import events
 from healmesh.control.drift_reports import REPORT_HTML, SUMMARY_JSON
 from healmesh.control.state import DriftSummary
@@ -67,11 +67,12 @@ def run_drift_check(settings: Settings, redis: Any, *, window_records: int | Non
     # live quality of the champion itself: its own answers that have a label
     served = current[(current["model"] == "xgboost") & (current["model_version"] == champion.version)]
     mine = labelled(served)
-    quality = quality_check(mine["is_fraud"].to_numpy(), mine["probability"].to_numpy(),
+    label = schema.active().label
+    quality = quality_check(mine[label].to_numpy(), mine["probability"].to_numpy(),
                             info.metrics.get("holdout_roc_auc"), t)
     bundle = registry.load_version(settings, name, champion.version)
     estimated = read_estimate(bundle.calibrator(), served["probability"].to_numpy(dtype=float),
-                              mine["is_fraud"].to_numpy(dtype=int), mine["probability"].to_numpy(dtype=float),
+                              mine[label].to_numpy(dtype=int), mine["probability"].to_numpy(dtype=float),
                               info.metrics.get("holdout_roc_auc"), bundle.meta.threshold, t)
     result = decide(reference, current, t, quality, importance=_importance(bundle, name, champion.version),
                     estimated=estimated)

@@ -48,9 +48,9 @@ def evidently_html(reference: pd.DataFrame, current: pd.DataFrame, path: Path, t
         from evidently import DataDefinition, Dataset, Report
         from evidently.presets import DataDriftPreset
 
-        definition = DataDefinition(numerical_columns=[f.name for f in schema.NUMERIC],
-                                    categorical_columns=[f.name for f in schema.CATEGORICAL])
-        cols = list(schema.FEATURE_NAMES)
+        definition = DataDefinition(numerical_columns=[f.name for f in schema.active().numeric],
+                                    categorical_columns=[f.name for f in schema.active().categorical])
+        cols = list(schema.active().feature_names)
         preset = DataDriftPreset(method="psi", threshold=t.min_psi, drift_share=1.0 / len(cols))
         snapshot = Report([preset]).run(
             Dataset.from_pandas(current[cols].reset_index(drop=True), data_definition=definition),

@@ -58,22 +58,22 @@ class TrainingSet:
 
 
 def build_training_set(recent: pd.DataFrame, reference: pd.DataFrame, settings: Settings, seed: int) -> TrainingSet:
-    n, positives = len(recent), int(recent[schema.LABEL].sum()) if len(recent) else 0
+    n, positives = len(recent), int(recent[schema.active().label].sum()) if len(recent) else 0
     if n < settings.retrain.min_labels or positives < settings.retrain.min_positives:
         raise NotEnoughLabels(
-            f"recent traffic has {n} labelled records ({positives} fraud); retraining needs at least "
-            f"{settings.retrain.min_labels} labelled and {settings.retrain.min_positives} fraud. "
+            f"recent traffic has {n} labelled records ({positives} positive); retraining needs at least "
+            f"{settings.retrain.min_labels} labelled and {settings.retrain.min_positives} positive. "
             "Send ground truth to POST /api/v1/feedback, or lower HEALMESH_RETRAIN__MIN_LABELS.")
-    cols = list(schema.FEATURE_NAMES) + [schema.LABEL]
+    cols = list(schema.active().feature_names) + [schema.active().label]
     # in a fixed order, not the feature log's: concurrent senders interleave it differently each run,
     # and the same labelled window must give the same split (a gate verdict reproducible from its window)
     recent = recent[cols].sort_values(cols, kind="mergesort").reset_index(drop=True)
     rest, holdout = train_test_split(recent, test_size=settings.retrain.holdout_share,
-                                     stratify=recent[schema.LABEL], random_state=seed)
+                                     stratify=recent[schema.active().label], random_state=seed)
     take = min(len(reference), int(round(settings.retrain.reference_share * len(rest))))
     ref = reference[cols].sample(n=take, random_state=seed) if take else reference[cols].head(0)
     pool = pd.concat([rest, ref], ignore_index=True)
-    train, val = train_test_split(pool, test_size=0.2, stratify=pool[schema.LABEL], random_state=seed + 1)
+    train, val = train_test_split(pool, test_size=0.2, stratify=pool[schema.active().label], random_state=seed + 1)
     return TrainingSet(train.reset_index(drop=True), val.reset_index(drop=True), holdout.reset_index(drop=True),
                        recent_rows=n, reference_rows=take)
 
@@ -103,7 +103,7 @@ def run_retrain(settings: Settings, redis: Any, *, trigger: str, drift_check_id:
 
     model, meta = fit_xgboost(data.train, data.val, seed)
     champion_bundle = registry.load_version(settings, name, champion.version)
-    y = data.holdout[schema.LABEL].to_numpy()
+    y = data.holdout[schema.active().label].to_numpy()
     cand_scores = model.predict_proba(features.encode_frame(data.holdout))
     champ_scores = champion_bundle.predict_frame(data.holdout)
     cand_metrics = classification_metrics(y, cand_scores, meta.threshold)

@@ -88,7 +88,7 @@ def prepare(settings: Settings, mesh: MeshClient, redis: Any, *, holder: str, ve
         raise RolloutFailed(f"the XGBoost scorer's canary slot holds {loaded!r}, not v{target}")
     sample = registry.reference_for_version(settings, name, target).head(40)
     mesh.warm_up_canary([{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
-                         for r in sample[list(schema.FEATURE_NAMES)].to_dict("records")])
+                         for r in sample[list(schema.active().feature_names)].to_dict("records")])
     previous = champion.version if champion else None
     events.record(redis, settings.key_prefix, "rollout_started", f"canary rollout of v{target} started",
                   version=target, champion=previous, rollout=holder)
@@ -105,7 +105,7 @@ def _answers(frame: Any, variant: str, since_wall: float, calibrator: Calibrator
     done = labelled(part)
     served = part["probability"].to_numpy(dtype=float)
     return analysis.Answers(calibrator.apply(served) if calibrator else served,
-                            done["probability"].to_numpy(dtype=float), done[schema.LABEL].to_numpy(dtype=int))
+                            done["probability"].to_numpy(dtype=float), done[schema.active().label].to_numpy(dtype=int))
 
 
 def _stage_quality(redis: Any, settings: Settings, stage_started: float, rollout_started: float,

@@ -64,9 +64,9 @@ async def send(gateway_url: str, n: int, *, seed: int, drift: DriftSpec = NO_DRI
     """``n`` transactions in requests of ``batch`` rows; then their labels (unless told not to)."""
     base = _local(gateway_url)
     frame = generate(n, seed=seed, drift=drift)
-    cols = list(schema.FEATURE_NAMES) + [schema.ENTITY_KEY]
+    cols = list(schema.active().feature_names) + [schema.active().entity_key]
     rows = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in frame[cols].to_dict("records")]
-    truth = frame[schema.LABEL].to_numpy()
+    truth = frame[schema.active().label].to_numpy()
     chunks = [(i, rows[i:i + batch]) for i in range(0, n, batch)]
     result = TrafficResult(sent=n)
     labels: list[dict[str, Any]] = []

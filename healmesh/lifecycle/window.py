@@ -29,7 +29,7 @@ ANSWER_COLUMNS = ["request_id", "ts", "variant", "model", "model_version", "prob
 
 @dataclass(frozen=True)
 class Window:
-    frame: pd.DataFrame  # features + ANSWER_COLUMNS (+ is_fraud when labels were joined)
+    frame: pd.DataFrame  # features + ANSWER_COLUMNS (+ the label column when labels were joined)
     first_id: str | None
     last_id: str | None
     first_ts: float | None
@@ -105,7 +105,7 @@ def read_window(redis: Any, prefix: str, *, last_n: int | None = 10_000, since_s
                 break
     rows.reverse()
     ids.reverse()
-    frame = pd.DataFrame(rows, columns=list(schema.FEATURE_NAMES) + ANSWER_COLUMNS)
+    frame = pd.DataFrame(rows, columns=list(schema.active().feature_names) + ANSWER_COLUMNS)
     return Window(frame=frame, first_id=ids[0] if ids else None, last_id=ids[-1] if ids else None,
                   first_ts=float(frame["ts"].min()) if len(frame) else None,
                   last_ts=float(frame["ts"].max()) if len(frame) else None)
@@ -132,12 +132,12 @@ def read_shadow(redis: Any, prefix: str, *, since_wall: float, chunk: int = 5_00
 
 def attach_labels(redis: Any, prefix: str, frame: pd.DataFrame, chunk: int = 2_000,
                   archive: ArchiveView | None = None) -> pd.DataFrame:
-    """Add ``is_fraud`` from the feedback labels (NaN where none arrived), one HMGET per minute
+    """Add the label column from the feedback labels (NaN where none arrived), one HMGET per minute
     hash and chunk, all in one pipeline; with an archive, a request whose hash holds no label
     takes it from the feedback log (archived parts and the hot stream, ``resolve_labels``)."""
     out = frame.copy()
     if out.empty:
-        out[schema.LABEL] = pd.Series(dtype=float)
+        out[schema.active().label] = pd.Series(dtype=float)
         return out
     by_key: dict[str, list[int]] = {}
     ids = list(out["request_id"])
@@ -159,7 +159,7 @@ def attach_labels(redis: Any, prefix: str, frame: pd.DataFrame, chunk: int = 2_0
                 labels[i] = float(_s(v))
     if archive is not None and np.isnan(labels).any():
         _labels_from_log(redis, prefix, archive, ids, labels)
-    out[schema.LABEL] = labels
+    out[schema.active().label] = labels
     return out
 
 
@@ -179,6 +179,6 @@ def _labels_from_log(redis: Any, prefix: str, archive: ArchiveView, ids: list[st
 
 
 def labelled(frame: pd.DataFrame) -> pd.DataFrame:
-    out = frame[frame[schema.LABEL].notna()].copy()
-    out[schema.LABEL] = out[schema.LABEL].astype(int)
+    out = frame[frame[schema.active().label].notna()].copy()
+    out[schema.active().label] = out[schema.active().label].astype(int)
     return out

@@ -29,7 +29,10 @@ class BundleMeta:
     kind: str  # "xgboost" or "mlp"
     threshold: float
     schema_fingerprint: str = field(default_factory=features.schema_fingerprint)
-    encoded_features: tuple[str, ...] = features.ENCODED_NAMES
+    encoded_features: tuple[str, ...] = field(default_factory=lambda: features.active().encoded_names)
+    # the features the version was trained on, as ``Schema.describe()`` gives them: a version
+    # carries its schema, and a scorer refuses one whose schema is not the project's
+    schema: tuple[Mapping[str, Any], ...] = field(default_factory=lambda: tuple(_active_schema().describe()))
     created_at: float = field(default_factory=time.time)
     params: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, float] = field(default_factory=dict)
@@ -47,6 +50,7 @@ class BundleMeta:
     def from_json(cls, text: str) -> BundleMeta:
         raw = json.loads(text)
         raw["encoded_features"] = tuple(raw["encoded_features"])
+        raw["schema"] = tuple(raw.get("schema", ()))
         return cls(**raw)
 
 
@@ -65,19 +69,27 @@ class IncompatibleBundle(HealmeshError, RuntimeError):
     """A saved model bundle this code cannot serve (another schema or format)."""
 
 
+def _active_schema() -> Any:
+    from healmesh import schema
+
+    return schema.active()
+
+
 @dataclass(frozen=True)
 class Bundle:
     model: FraudModel
     meta: BundleMeta
+    # the project's encoder, taken once (the fingerprint check made sure it is the version's)
+    encoder: features.Encoder = field(default_factory=features.active)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.predict_proba(X), dtype=np.float64)
 
     def predict_frame(self, df: pd.DataFrame) -> np.ndarray:
-        return self.predict_proba(features.encode_frame(df))
+        return self.predict_proba(self.encoder.encode_frame(df))
 
     def predict_records(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        return self.predict_proba(features.encode_records(records))
+        return self.predict_proba(self.encoder.encode_records(records))
 
     def calibrator(self) -> Calibrator | None:
         return Calibrator.from_dict(dict(self.meta.calibrator)) if self.meta.calibrator else None
@@ -110,12 +122,27 @@ def load_bundle(directory: str | Path) -> Bundle:
     if not meta_path.exists():
         raise IncompatibleBundle(f"{d} is not a healmesh model bundle (no {META_FILE})")
     meta = BundleMeta.from_json(meta_path.read_text())
-    if meta.schema_fingerprint != features.schema_fingerprint():
-        raise IncompatibleBundle(
-            f"{d} was trained on another feature schema ({meta.schema_fingerprint}, "
-            f"this code has {features.schema_fingerprint()}): retrain it"
-        )
+    mine = _active_schema()
+    if meta.schema_fingerprint != mine.fingerprint():
+        raise IncompatibleBundle(schema_mismatch(str(d), meta, mine))
     return Bundle(model=_adapter(meta.kind).load_weights(d, meta), meta=meta)
+
+
+def schema_mismatch(what: str, meta: BundleMeta, mine: Any) -> str:
+    """Why a version trained on another schema is refused, naming the features that differ."""
+    from healmesh import project
+
+    theirs = {str(f["name"]) for f in meta.schema}
+    ours = set(mine.feature_names)
+    detail = ""
+    if theirs:
+        missing, extra = sorted(ours - theirs), sorted(theirs - ours)
+        parts = ([f"it lacks {', '.join(missing)}"] if missing else []) + (
+            [f"it has {', '.join(extra)}, which the project does not"] if extra else [])
+        detail = "; " + "; ".join(parts) if parts else "; the same names with other types, ranges or categories"
+    return (f"{what} was trained on another feature schema (fingerprint {meta.schema_fingerprint}, the project "
+            f"{project.active_path()} has {mine.fingerprint()}){detail}: retrain it on this project, or serve "
+            f"it with the project it was trained on")
 
 
 def find_bundle(root: str | Path) -> Path:
@@ -128,15 +155,15 @@ def find_bundle(root: str | Path) -> Path:
 
 
 class _PyfuncModel:
-    """What ``mlflow.pyfunc.load_model`` returns for a healmesh model: fraud probabilities."""
+    """What ``mlflow.pyfunc.load_model`` returns for a healmesh model: positive-class probabilities."""
 
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
 
     def predict(self, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
-        from healmesh.schema import validate_frame
+        from healmesh import schema
 
-        return self.bundle.predict_frame(validate_frame(pd.DataFrame(model_input)))
+        return self.bundle.predict_frame(schema.active().validate_frame(pd.DataFrame(model_input)))
 
 
 def _load_pyfunc(data_path: str) -> _PyfuncModel:

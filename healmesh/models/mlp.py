@@ -45,18 +45,18 @@ class Scaler:
     @staticmethod
     def _log(X: np.ndarray) -> np.ndarray:
         out = X.astype(np.float32, copy=True)
-        cols = list(features.SKEWED_COLUMNS)
+        cols = list(features.active().skewed_columns)
         out[:, cols] = np.log1p(out[:, cols])
         return out
 
     @classmethod
     def fit(cls, X: np.ndarray) -> Scaler:
-        logged = cls._log(X)[:, : features.N_NUMERIC]
+        logged = cls._log(X)[:, : features.active().n_numeric]
         return cls(logged.mean(axis=0), logged.std(axis=0) + 1e-6)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         out = self._log(X)
-        out[:, : features.N_NUMERIC] = (out[:, : features.N_NUMERIC] - self.mean) / self.std
+        out[:, : features.active().n_numeric] = (out[:, : features.active().n_numeric] - self.mean) / self.std
         return out
 
     def to_dict(self) -> dict[str, list[float]]:

@@ -30,11 +30,21 @@ def _drift(args: argparse.Namespace):  # -> DriftSpec
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fraud-rate", type=float, default=0.02)
+    p.add_argument("--positive-rate", type=float, default=None,
+                   help="share of positive rows (the generator's own default without it)")
     p.add_argument("--shift", action="append", default=[], metavar="FEATURE=AMOUNT",
                    help="covariate shift (repeatable): numeric skewed features are multiplied by exp(AMOUNT), "
                         "others moved by AMOUNT standard deviations; categorical: share of rows redrawn")
-    p.add_argument("--concept-drift", type=float, default=0.0, help="share of fraud from the new patterns (0-1)")
+    p.add_argument("--concept-drift", type=float, default=0.0,
+                   help="share of positives from patterns the training data never showed (0-1)")
+
+
+def _generated(args: argparse.Namespace) -> Any:
+    """Rows from the project's generator (a project with a data file has none: replay instead)."""
+    from healmesh.data import generate
+
+    options = {} if args.positive_rate is None else {"positive_rate": args.positive_rate}
+    return generate(args.n, seed=args.seed, drift=_drift(args), **options)
 
 
 def _json_value(v: Any) -> Any:
@@ -43,10 +53,10 @@ def _json_value(v: Any) -> Any:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from healmesh import schema
-    from healmesh.data import generate
 
-    frame = generate(args.n, seed=args.seed, fraud_rate=args.fraud_rate, drift=_drift(args))
-    columns = list(schema.FEATURE_NAMES) + [schema.ENTITY_KEY] + ([schema.LABEL] if args.with_label else [])
+    frame = _generated(args)
+    s = schema.active()
+    columns = list(s.feature_names) + ([s.entity_key] if s.entity_key else []) + ([s.label] if args.with_label else [])
     out = sys.stdout
     for rec in tqdm(frame[columns].to_dict("records"), desc="sample", unit="tx", file=sys.stderr,
                     disable=args.n < 10_000):
@@ -55,16 +65,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from healmesh.data import generate
+    from healmesh import schema
 
-    frame = generate(args.n, seed=args.seed, fraud_rate=args.fraud_rate, drift=_drift(args))
+    frame = _generated(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".csv":
         frame.to_csv(out, index=False)
     else:
         frame.to_parquet(out, index=False)
-    print(f"wrote {len(frame)} transactions ({frame['is_fraud'].mean():.2%} fraud) to {out}", file=sys.stderr)
+    label = schema.active().label
+    print(f"wrote {len(frame)} rows ({frame[label].mean():.2%} positive) to {out}", file=sys.stderr)
     return 0
 
 
@@ -72,17 +83,26 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from healmesh import schema
 
     if args.json:
-        print(json.dumps(schema.describe(), indent=2))
+        print(json.dumps(schema.active().describe(), indent=2))
         return 0
-    for f in schema.describe():
+    for f in schema.active().describe():
         kind = f["type"]
         domain = ", ".join(f["values"]) if kind == "categorical" else f"{f['min']:g} to {f['max']:g} {f['unit']}"
         print(f"{f['name']:<28} {kind:<12} {domain}")
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from healmesh.ops import init_project
+
+    return init_project.run(data=args.data, label=args.label, out=args.out, positive=args.positive,
+                            entity_key=args.entity_key, name=args.name, force=args.force)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from healmesh.data import generate, load_transactions
+    from healmesh import project
+    from healmesh.data import load_transactions
+    from healmesh.data.files import training_frame
     from healmesh.settings import get_settings
     from healmesh.training import TrainConfig, format_report, train
 
@@ -96,8 +116,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress("data")
         if args.data:
             frame = load_transactions(args.data, require_label=True)
-        else:
-            frame = generate(args.n, seed=args.seed, fraud_rate=args.fraud_rate, drift=_drift(args))
+        elif args.n is not None or any((args.shift, args.concept_drift, args.positive_rate)):
+            frame = _generated(args)
+        else:  # the project's own training data
+            frame = training_frame(project.active(), seed=args.seed)
         config = TrainConfig(seed=args.seed, register=not args.no_register, promote=args.promote,
                              tags={"healmesh.trigger": "cli"})
         report = train(frame, get_settings(), config, progress=progress)
@@ -199,13 +221,20 @@ def cmd_demo_drift(args: argparse.Namespace) -> int:
     return demo.run(kind=args.kind, n=args.n, timeout_s=args.timeout)
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from healmesh.ops import replay
+
+    return replay.command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="healmesh", description="A self-healing ML serving mesh for fraud scoring.")
+    parser = argparse.ArgumentParser(prog="healmesh",
+                                     description="A self-healing ML serving mesh for tabular binary classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("sample", help="print N valid transactions as JSON lines (ready to POST)")
+    p = sub.add_parser("sample", help="print N valid rows from the project's generator as JSON lines (ready to POST)")
     p.add_argument("--n", type=int, default=10)
-    p.add_argument("--with-label", action="store_true", help="include the generator's is_fraud label")
+    p.add_argument("--with-label", action="store_true", help="include the label column")
     _add_data_options(p)
     p.set_defaults(func=cmd_sample)
 
@@ -219,9 +248,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_schema)
 
+    p = sub.add_parser("init", help="write a draft project file from a data file (check its guesses)")
+    p.add_argument("--data", required=True, help="a CSV or Parquet file (or pkg:<package>/<file>)")
+    p.add_argument("--label", required=True, help="the label column (exactly two distinct values)")
+    p.add_argument("--out", default="healmesh.yaml", help="the project file to write (default healmesh.yaml)")
+    p.add_argument("--positive", help="the label's positive class (default: 1/true/yes, else the rarer value)")
+    p.add_argument("--entity-key", help="a column for sticky routing, not a feature")
+    p.add_argument("--name", help="the project name (default: from the data file's name)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(func=cmd_init)
+
     p = sub.add_parser("train", help="train XGBoost and the MLP, log and register them")
-    p.add_argument("--n", type=int, default=60_000, help="generated rows (ignored with --data)")
-    p.add_argument("--data", help="your own CSV or Parquet with the schema's columns and is_fraud")
+    p.add_argument("--n", type=int, default=None,
+                   help="rows from the project's generator (default: the project's data: its file, or its "
+                        "generator's data.generated_rows)")
+    p.add_argument("--data", help="a CSV or Parquet with the project's features and label (else the project's data)")
     p.add_argument("--no-register", action="store_true", help="skip MLflow (still saves to the BentoML store)")
     p.add_argument("--promote", action="store_true", help="move `champion` to the new versions")
     p.add_argument("--report", help="also write the report as JSON here")
@@ -229,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("up", help="train if needed and start the scorers in the background")
-    p.add_argument("--n", type=int, default=60_000, help="training rows when there is no model yet")
+    p.add_argument("--n", type=int, default=None,
+                   help="rows from a generated project's generator when there is no model yet "
+                        "(default: its data.generated_rows)")
     p.add_argument("--no-airflow", action="store_true", help="skip Airflow (the serving mesh only)")
     p.add_argument("--profile", choices=["local", "cluster"], default="local",
                    help="cluster: the rehearsal of a cluster on this machine (PostgreSQL, Airflow on Celery, "
@@ -259,6 +302,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=20_000, help="drifted transactions before the check")
     p.add_argument("--timeout", type=float, default=1_200.0, help="seconds to wait for the whole loop")
     p.set_defaults(func=cmd_demo_drift)
+    p = sub.add_parser("replay", help="post your own later data through the local gateway, then its labels")
+    p.add_argument("--data", required=True, help="a CSV or Parquet with the project's features and label")
+    p.add_argument("--rows", metavar="START:STOP", help="rows [START, STOP) of the file, from 0 (default: all)")
+    p.add_argument("--rate", type=float, help="rows per second (default: as fast as the gateway answers)")
+    p.add_argument("--labels-after", type=float, default=0.0, metavar="SECONDS",
+                   help="send each row's label this long after its answer (default 0)")
+    p.add_argument("--batch", type=int, default=1, metavar="K", help="rows per request (default 1)")
+    p.add_argument("--limit", type=int, help="send at most N rows")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight at most (default 8)")
+    p.add_argument("--gateway", help="the gateway's URL, on this machine (default: the local gateway)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    p.set_defaults(func=cmd_replay)
     p = sub.add_parser("status", help="what runs and what it serves")
     p.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
     p.set_defaults(func=cmd_status)

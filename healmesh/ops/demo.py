@@ -22,17 +22,20 @@ from typing import Any
 
 from healmesh import registry
 from healmesh.data import DriftSpec
+from healmesh.errors import ConfigError
 from healmesh.lifecycle import traffic
 from healmesh.lifecycle.airflow_api import AirflowClient
 from healmesh.ops import procs, stack
 from healmesh.settings import get_settings
 from healmesh.urls import local_url
 
-DRIFTS = {
-    "covariate": DriftSpec(covariate_shift={"amount": 1.2, "distance_from_home_km": 1.0, "channel": 0.4,
-                                            "merchant_category": 0.3}),
-    "concept": DriftSpec(concept_drift=1.0),
-}
+
+def drift_scenarios() -> dict[str, DriftSpec]:
+    """The drifts `demo drift --kind NAME` can dial: the project's generator names them
+    (``SCENARIOS``); a project with a data file rehearses its own with `healmesh replay`."""
+    from healmesh.data.synthetic import scenarios
+
+    return scenarios()
 
 
 class Timeline:
@@ -79,7 +82,10 @@ def run(kind: str = "concept", n: int = 20_000, timeout_s: float = 1_200.0) -> i
     af = AirflowClient(local_url(s.airflow_port), "admin", password)
     for dag_id in ("drift_monitor", "retrain", "canary_rollout"):
         af.unpause(dag_id)
-    drift = DRIFTS[kind]
+    known = drift_scenarios()
+    if kind not in known:
+        raise ConfigError(f"the project's generator names no drift {kind!r}; it has {', '.join(known) or 'none'}")
+    drift = known[kind]
     name = s.xgb_registered_name
     before = registry.version_by_alias(s, name, s.champion_alias)
     old = before.version if before else None

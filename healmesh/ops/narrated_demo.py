@@ -41,13 +41,11 @@ from healmesh.errors import HealmeshError
 from healmesh.lifecycle import traffic
 from healmesh.lifecycle.airflow_api import AirflowClient
 from healmesh.ops import procs, stack
-from healmesh.ops.demo import DRIFTS
+from healmesh.ops.demo import drift_scenarios
 from healmesh.policies import routing
 from healmesh.policies.breaker import State
 from healmesh.settings import get_settings
 from healmesh.urls import local_url
-
-CONCEPT = DRIFTS["concept"]  # the same drift as `healmesh demo drift --kind concept`
 
 
 class DemoFailed(HealmeshError, RuntimeError):
@@ -113,10 +111,10 @@ class Steady:
 
     async def _chunk(self, client: httpx.AsyncClient, seed: int) -> None:
         frame = generate(120, seed=seed, drift=self.drift)
-        cols = list(schema.FEATURE_NAMES) + [schema.ENTITY_KEY]
+        cols = list(schema.active().feature_names) + [schema.active().entity_key]
         rows = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
                 for r in frame[cols].to_dict("records")]
-        truth = frame[schema.LABEL].to_numpy()
+        truth = frame[schema.active().label].to_numpy()
         labels: list[dict[str, Any]] = []
 
         async def one(i: int) -> None:
@@ -293,8 +291,9 @@ def run(out: Path | None = None, steady_s: float = 20.0) -> int:
             name = s.xgb_registered_name
             old = registry.version_by_alias(s, name, s.champion_alias)
             figures["champion_before"] = old.version if old else None
-            steady.drift = CONCEPT
-            drifted = traffic.send_sync(gateway, 12_000, seed=808, drift=CONCEPT, batch=50)
+            concept = drift_scenarios()["concept"]  # the same drift as `healmesh demo drift --kind concept`
+            steady.drift = concept
+            drifted = traffic.send_sync(gateway, 12_000, seed=808, drift=concept, batch=50)
             auc = drifted.auc("xgboost")
             say(f"{drifted.answered} drifted transactions with labels; old champion ROC AUC on them "
                 f"{'n/a' if auc is None else f'{auc:.3f}'}")

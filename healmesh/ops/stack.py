@@ -22,10 +22,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import psutil
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from healmesh import credentials, redis_conn
 from healmesh.credentials import admin_token, labeller_token, secret_path
@@ -44,6 +47,9 @@ from healmesh.ops.supervisor.spec import (
 )
 from healmesh.settings import Settings, get_settings
 from healmesh.urls import local_url
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = "gateway.service:Gateway"
@@ -327,24 +333,44 @@ def _migrate_airflow(settings: Settings, airflow_env: Mapping[str, str]) -> int:
     return done.returncode
 
 
-def train_first(settings: Settings, rows: int) -> None:
-    """What `healmesh train --n rows` does with its defaults: both models on generated data,
-    registered (champion when there is none yet)."""
-    from healmesh.data import generate
+def check_project(rows: int | None) -> pd.DataFrame | None:
+    """The project file and its training data, read before anything starts: a bad file, or data
+    whose columns disagree with it, stops `up` with one message and changes nothing. Returns the
+    data file's validated rows (None for a generated project: its rows are made when needed)."""
+    from healmesh import project
+    from healmesh.data.files import training_frame
+    from healmesh.settings import check_project_overrides
+
+    p = project.active()
+    check_project_overrides(p)
+    return training_frame(p) if p.data.path is not None else None
+
+
+def train_first(settings: Settings, rows: int | None, frame: pd.DataFrame | None = None) -> None:
+    """What `healmesh train` does with its defaults: both models on the project's data (its file,
+    or ``rows`` from its generator), registered (champion when there is none yet)."""
+    from healmesh import project
+    from healmesh.data.files import training_frame
     from healmesh.training import TrainConfig, format_report, train
 
     def progress(step: str) -> None:
         print(f"train: {step}", file=sys.stderr)
 
     progress("data")
-    report = train(generate(rows, seed=0), settings, TrainConfig(seed=0, tags={"healmesh.trigger": "cli"}),
-                   progress=progress)
+    data = frame if frame is not None else training_frame(project.active(), rows=rows, seed=0)
+    report = train(data, settings, TrainConfig(seed=0, tags={"healmesh.trigger": "cli"}), progress=progress)
     print(format_report(report.to_dict()))
 
 
-def up(train_rows: int = 60_000, airflow: bool = True, profile: Profile = Profile.LOCAL) -> int:
+def up(train_rows: int | None = None, airflow: bool = True, profile: Profile = Profile.LOCAL) -> int:
+    from healmesh.errors import ConfigError, InvalidData
     from healmesh.ops.postgres import PostgresUnavailable
 
+    try:
+        frame = check_project(train_rows)
+    except (ConfigError, InvalidData) as exc:
+        print(f"healmesh up: {exc}", file=sys.stderr)
+        return 1
     settings = get_settings()
     secure_home(settings)
     sup = supervisor(settings)
@@ -370,7 +396,7 @@ def up(train_rows: int = 60_000, airflow: bool = True, profile: Profile = Profil
     for i, group in enumerate(mesh.groups):
         if i == 1 and not models_available(settings):
             print("no trained model yet: training first", file=sys.stderr)
-            train_first(settings, train_rows)
+            train_first(settings, train_rows, frame)
         if mesh.airflow and group is mesh.groups[-1] and (code := _migrate_airflow(settings, group[0].env)):
             return code
         if code := _start_group(settings, sup, group):

@@ -11,7 +11,7 @@ Per stage, the judge reads three kinds of evidence, each a comparison of canary 
 - quality: live AUC with DeLong's variance where enough labels came back for both variants; until
   then AUC estimated from each version's calibrated probabilities (CBPE,
   ``healmesh.policies.estimation``), so quality is judged before labels arrive;
-- in the shadow stage also disagreement: the share of the challenger's decisions (fraud or not)
+- in the shadow stage also disagreement: the share of the challenger's decisions (positive or not)
   unlike the champion's on the same requests.
 
 An open canary breaker fails the stage at once. Otherwise the judge answers pass, rollback or

@@ -134,7 +134,7 @@ def feature_drift(reference: pd.DataFrame, current: pd.DataFrame) -> dict[str, F
     from healmesh import schema
 
     out: dict[str, FeatureDrift] = {}
-    for f in schema.FEATURES:
+    for f in schema.active().features:
         ref, cur = reference[f.name], current[f.name]
         if isinstance(f, schema.CategoricalFeature):
             rc, cc = category_counts(ref, f.categories), category_counts(cur, f.categories)

@@ -315,7 +315,7 @@ def row_hashes(frame: pd.DataFrame) -> np.ndarray:
 
     from healmesh import schema
 
-    hashes: np.ndarray = pd.util.hash_pandas_object(frame[list(schema.FEATURE_NAMES)], index=False).to_numpy()
+    hashes: np.ndarray = pd.util.hash_pandas_object(frame[list(schema.active().feature_names)], index=False).to_numpy()
     return hashes
 
 
@@ -367,7 +367,7 @@ def decide(reference: pd.DataFrame, current: pd.DataFrame, t: DriftThresholds, q
     judged = alarm.outcome not in (DriftDecision.INSUFFICIENT_DATA, DriftDecision.ANOMALOUS_TRAFFIC)
     if judged and quality is not None and quality.dropped:
         line = (f"live AUC {quality.live_auc:.3f} is more than {t.auc_drop} under the holdout AUC "
-                f"{quality.reference_auc:.3f} ({quality.labelled:,} labels, {quality.positives:,} fraud)")
+                f"{quality.reference_auc:.3f} ({quality.labelled:,} labels, {quality.positives:,} positive)")
         reasons.append(line)
         decision = DriftDecision.DRIFT
         headline = f"Drift, retrain: the champion's {line}. Features: {alarm.headline}"

@@ -23,7 +23,7 @@ from healmesh import rules
 from healmesh.access import AccessGuard, scorer_policy, settings_tokens
 from healmesh.errors import NoModel
 from healmesh.heap import freeze_heap
-from healmesh.schema import Transaction
+from healmesh.schema import active as active_schema
 from healmesh.serving import faults
 from healmesh.serving.exposition import Family, render
 from healmesh.serving.follower import AliasFollower
@@ -31,12 +31,14 @@ from healmesh.serving.slots import SLOTS, LoadedModel, ModelSlots, SlotName
 from healmesh.settings import Settings, get_settings
 
 log = logging.getLogger("healmesh.scorer")
+# the request row of the project this process serves (the predict APIs below are typed with it)
+Transaction = active_schema().transaction
 
 PREDICT_ROUTES: dict[str, SlotName] = {"/predict": "stable", "/predict_canary": "canary"}
 
 
 class Score(BaseModel):
-    probability: float = Field(description="fraud probability, 0 to 1")
+    probability: float = Field(description="probability of the positive class, 0 to 1")
     label: int = Field(description="1 when probability >= the model's threshold")
     model: str
     model_version: str
@@ -202,10 +204,16 @@ class ModelScorer(ScorerBase):
 class RulesScorer(ScorerBase):
     """The fallback: the interpretable rule score, no ML framework."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        # the project's rules (or the ones training distilled), read once at start
+        self.ruleset = rules.active()
+
     def score(self, rows: Sequence[BaseModel], slot: SlotName) -> list[Score]:
-        probs = rules.score_records([r.model_dump() for r in rows])
-        return [Score(probability=float(p), label=int(p >= rules.THRESHOLD), model=rules.MODEL_NAME,
-                      model_version=rules.RULES_VERSION) for p in probs]
+        rs = self.ruleset
+        probs = rs.score_records([r.model_dump() for r in rows])
+        return [Score(probability=float(p), label=int(p >= rs.threshold), model=rules.MODEL_NAME,
+                      model_version=rs.version) for p in probs]
 
     def state(self) -> dict[str, Any]:
-        return {**super().state(), "slots": {"stable": {"model": rules.MODEL_NAME, "version": rules.RULES_VERSION}}}
+        return {**super().state(), "slots": {"stable": {"model": rules.MODEL_NAME, "version": self.ruleset.version}}}

@@ -30,9 +30,9 @@ class LoadedModel:
     def warm_up(self) -> LoadedModel:
         """One prediction before the model serves: its first call (lazy initialisation in the
         framework) is then not a client's."""
-        from healmesh.schema import example_row
+        from healmesh import schema
 
-        self.bundle.predict_records([example_row()])
+        self.bundle.predict_records([schema.active().example_row()])
         return self
 
     def describe(self) -> dict[str, Any]:

@@ -27,7 +27,8 @@ class Reply:
 
 
 def transactions(n: int, seed: int = 0, drift: DriftSpec | None = None) -> list[dict[str, Any]]:
-    frame = generate(n, seed=seed, drift=drift or DriftSpec())[list(schema.FEATURE_NAMES) + [schema.ENTITY_KEY]]
+    s = schema.active()
+    frame = generate(n, seed=seed, drift=drift or DriftSpec())[list(s.feature_names) + [s.entity_key]]
     return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in frame.to_dict("records")]
 
 

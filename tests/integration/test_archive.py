@@ -105,7 +105,7 @@ def feature_log(r: Any, settings: Settings) -> FeatureLog:
 def records(answered_at: float, n: int, seed: int) -> list[LogRecord]:
     frame = generate(n, seed=seed)
     out = []
-    for i, row in enumerate(frame[list(schema.FEATURE_NAMES)].to_dict("records")):
+    for i, row in enumerate(frame[list(schema.active().feature_names)].to_dict("records")):
         feats = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
         out.append(LogRecord(keys.new_request_id(answered_at + i * 0.001), "primary", f"{answered_at:.3f}",
                              {"features": feats, "variant": "xgboost_stable", "model": "xgboost",
@@ -173,12 +173,12 @@ def test_labels_past_the_hot_window_join_through_the_archive_and_retraining_uses
     # the retraining's own reading: archived rows with their late labels, the first label standing
     win, recent = recent_labelled(settings, sync, window_records=1_000)
     assert win.describe()["records"] == 50
-    got = dict(zip(recent["request_id"], recent[schema.LABEL], strict=True))
+    got = dict(zip(recent["request_id"], recent[schema.active().label], strict=True))
     assert got == {**dict(labels_old), **{rec.request_id: 1 for rec in fresh}}
     reference = generate(200, seed=9)
     data = build_training_set(recent, reference, settings, seed=0)
     used = pd.concat([data.train, data.val, data.holdout])
-    key_cols = list(schema.FEATURE_NAMES)
+    key_cols = list(schema.active().feature_names)
     used_keys = {tuple(v) for v in used[key_cols].astype(str).to_numpy()}
     for rec, (_, label) in zip(old, labels_old, strict=True):
         row = tuple(str(pd.Series(rec.data["features"])[c]) for c in key_cols)

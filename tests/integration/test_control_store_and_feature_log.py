@@ -321,7 +321,7 @@ def test_the_window_and_the_shadow_answers_read_the_same_across_page_sizes(redis
 
     r = redis_sync.Redis(port=redis_srv.port)
     features = {k: (v.item() if hasattr(v, "item") else v)
-                for k, v in generate(1, seed=3)[list(schema.FEATURE_NAMES)].iloc[0].to_dict().items()}
+                for k, v in generate(1, seed=3)[list(schema.active().feature_names)].iloc[0].to_dict().items()}
     now = time.time()
     start = now - 60  # 60 records a second apart, ending now; every third one a shadow answer
     for i in range(60):

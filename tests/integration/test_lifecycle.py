@@ -142,7 +142,7 @@ def test_a_replayed_transaction_is_anomalous_traffic_and_retrains_nothing(life):
     retrain. Now the check reports anomalous traffic, the report's top says so, and nothing retrains."""
     frame = generate(1, seed=77)
     row = {k: (v.item() if hasattr(v, "item") else v)
-           for k, v in frame[[*schema.FEATURE_NAMES, schema.ENTITY_KEY]].iloc[0].items()}
+           for k, v in frame[[*schema.active().feature_names, schema.active().entity_key]].iloc[0].items()}
     with httpx.Client(timeout=30) as client:
         for _ in range(50):
             r = client.post(life.gateway + "/api/v1/predict", json=[row] * 20)
@@ -316,7 +316,7 @@ def test_a_worse_model_is_rolled_back_on_its_quality(life, monkeypatch):
 
     champion = life.alias("champion")
     frame = generate(20_000, seed=31, drift=CONCEPT)
-    frame[schema.LABEL] = np.random.default_rng(31).permutation(frame[schema.LABEL].to_numpy())
+    frame[schema.active().label] = np.random.default_rng(31).permutation(frame[schema.active().label].to_numpy())
     report = train(frame, life.settings, TrainConfig(seed=31, mlp_epochs=1, save_to_bentoml=False))
     worse = report.models["xgboost"].version
     assert worse and worse != champion and life.alias("champion") == champion

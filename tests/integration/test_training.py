@@ -39,17 +39,18 @@ def test_both_models_registered_with_champion_signature_and_reference(trained, s
         assert run.data.metrics["holdout_roc_auc"] == pytest.approx(result.metrics["roc_auc"])
         assert "seed" in run.data.params and "rules_holdout_roc_auc" in run.data.metrics
         ref = registry.download_reference(settings, mv.run_id)
-        assert list(ref.columns) == list(schema.FEATURE_NAMES) + [schema.LABEL]
-        assert len(ref) == 5_000 and 0 < ref[schema.LABEL].mean() < 0.05
+        assert list(ref.columns) == list(schema.active().feature_names) + [schema.active().label]
+        assert len(ref) == 5_000 and 0 < ref[schema.active().label].mean() < 0.05
         import mlflow
 
         info = mlflow.models.get_model_info(f"models:/{name}/1")
-        assert [c.name for c in info.signature.inputs.inputs] == list(schema.FEATURE_NAMES)
+        assert [c.name for c in info.signature.inputs.inputs] == list(schema.active().feature_names)
         model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
         sample = generate(200, seed=99)
-        probs = np.asarray(model.predict(sample[list(schema.FEATURE_NAMES)]))
+        probs = np.asarray(model.predict(sample[list(schema.active().feature_names)]))
         assert probs.shape == (200,) and ((probs >= 0) & (probs <= 1)).all()
-        assert probs[sample[schema.LABEL].to_numpy() == 1].mean() > probs[sample[schema.LABEL].to_numpy() == 0].mean()
+        y = sample[schema.active().label].to_numpy()
+        assert probs[y == 1].mean() > probs[y == 0].mean()
 
 
 def test_bentoml_store_carries_both_models(trained):
@@ -70,7 +71,7 @@ def test_a_second_training_does_not_move_champion_unless_promoted(trained, setti
 
 def test_training_refuses_one_class_data(settings: Settings):
     df = generate(2_000, seed=1)
-    df[schema.LABEL] = 0
+    df[schema.active().label] = 0
     with pytest.raises(ValueError, match="both fraudulent and legitimate"):
         train(df, settings, TrainConfig(register=False, save_to_bentoml=False))
 

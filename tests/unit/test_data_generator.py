@@ -1,4 +1,4 @@
-"""Tests healmesh.data.generator: the synthetic transactions and their drift knobs."""
+"""Tests examples.fraud.generator: the synthetic transactions and their drift knobs."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,11 @@ from scipy import stats
 
 from healmesh import schema
 from healmesh.data import DriftSpec, generate
-from healmesh.data.generator import NEW_PATTERNS, ORIGINAL_PATTERNS, PATTERN
-from healmesh.schema import validate_frame
+from healmesh.data.synthetic import generator_module
+
+_fraud = generator_module()  # the fraud example's generator (the default project)
+NEW_PATTERNS, ORIGINAL_PATTERNS, PATTERN = _fraud.NEW_PATTERNS, _fraud.ORIGINAL_PATTERNS, _fraud.PATTERN
+validate_frame = schema.active().validate_frame
 
 N = 40_000
 
@@ -25,9 +28,9 @@ def test_output_is_valid_and_seeded(base):
 
 
 def test_positive_rate_is_rare(base):
-    assert 0.01 <= base[schema.LABEL].mean() <= 0.03
+    assert 0.01 <= base[schema.active().label].mean() <= 0.03
     for rate in (0.01, 0.03):
-        got = generate(N, seed=3, fraud_rate=rate)[schema.LABEL].mean()
+        got = generate(N, seed=3, positive_rate=rate)[schema.active().label].mean()
         assert abs(got - rate) < 0.004
 
 
@@ -39,22 +42,22 @@ def test_marginals_look_real(base):
 
 
 def test_fraud_signal_is_spread_over_several_features(base):
-    fraud, legit = base[base[schema.LABEL] == 1], base[base[schema.LABEL] == 0]
-    moved = [f.name for f in schema.NUMERIC
+    fraud, legit = base[base[schema.active().label] == 1], base[base[schema.active().label] == 0]
+    moved = [f.name for f in schema.active().numeric
              if stats.ks_2samp(fraud[f.name], legit[f.name]).statistic > 0.15]
     assert len(moved) >= 5, moved
     # and no single feature separates the classes
-    for f in schema.NUMERIC:
+    for f in schema.active().numeric:
         auc = stats.mannwhitneyu(fraud[f.name], legit[f.name]).statistic / (len(fraud) * len(legit))
         assert max(auc, 1 - auc) < 0.9, f.name
     assert set(fraud[PATTERN]) == set(ORIGINAL_PATTERNS)
 
 
-@pytest.mark.parametrize("name,amount", [(f.name, 0.8) for f in schema.NUMERIC]
-                         + [(f.name, 0.5) for f in schema.CATEGORICAL])
+@pytest.mark.parametrize("name,amount", [(f.name, 0.8) for f in schema.active().numeric]
+                         + [(f.name, 0.5) for f in schema.active().categorical])
 def test_each_covariate_knob_moves_only_its_feature(base, name, amount):
     shifted = generate(N, seed=11, drift=DriftSpec(covariate_shift={name: amount}))
-    f = schema.feature(name)
+    f = schema.active().feature(name)
     if isinstance(f, schema.CategoricalFeature):
         table = np.array([base[name].value_counts().reindex(f.categories, fill_value=0),
                           shifted[name].value_counts().reindex(f.categories, fill_value=0)])
@@ -62,23 +65,23 @@ def test_each_covariate_knob_moves_only_its_feature(base, name, amount):
         assert stats.chi2_contingency(table).pvalue < 1e-6
     else:
         assert stats.ks_2samp(base[name], shifted[name]).pvalue < 1e-6
-    others = [n for n in schema.FEATURE_NAMES if n != name]
+    others = [n for n in schema.active().feature_names if n != name]
     assert base[others].equals(shifted[others])
-    assert base[schema.LABEL].equals(shifted[schema.LABEL])
+    assert base[schema.active().label].equals(shifted[schema.active().label])
 
 
 def test_concept_drift_changes_the_fraud_pattern_not_the_legit_traffic(base):
     drifted = generate(N, seed=11, drift=DriftSpec(concept_drift=1.0))
-    assert set(drifted.loc[drifted[schema.LABEL] == 1, PATTERN]) == set(NEW_PATTERNS)
-    legit_base = base[base[schema.LABEL] == 0]
-    legit_drift = drifted[drifted[schema.LABEL] == 0]
-    assert legit_base[list(schema.FEATURE_NAMES)].equals(legit_drift[list(schema.FEATURE_NAMES)])
-    fraud_base = base[base[schema.LABEL] == 1]
-    fraud_drift = drifted[drifted[schema.LABEL] == 1]
+    assert set(drifted.loc[drifted[schema.active().label] == 1, PATTERN]) == set(NEW_PATTERNS)
+    legit_base = base[base[schema.active().label] == 0]
+    legit_drift = drifted[drifted[schema.active().label] == 0]
+    assert legit_base[list(schema.active().feature_names)].equals(legit_drift[list(schema.active().feature_names)])
+    fraud_base = base[base[schema.active().label] == 1]
+    fraud_drift = drifted[drifted[schema.active().label] == 1]
     assert stats.ks_2samp(fraud_base["hour"], fraud_drift["hour"]).pvalue < 1e-6
     assert stats.ks_2samp(fraud_base["merchant_risk_score"], fraud_drift["merchant_risk_score"]).pvalue < 1e-6
     half = generate(N, seed=11, drift=DriftSpec(concept_drift=0.5))
-    share_new = half.loc[half[schema.LABEL] == 1, PATTERN].isin(list(NEW_PATTERNS)).mean()
+    share_new = half.loc[half[schema.active().label] == 1, PATTERN].isin(list(NEW_PATTERNS)).mean()
     assert 0.4 < share_new < 0.6
 
 

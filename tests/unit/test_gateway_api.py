@@ -6,10 +6,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from healmesh import schema
 from healmesh.data import generate
 from healmesh.gateway import api
 from healmesh.gateway.api import ApiError, parse_predict_body
-from healmesh.schema import FEATURE_NAMES
+
+FEATURE_NAMES = schema.active().feature_names
 
 
 def tx() -> dict:

@@ -142,9 +142,9 @@ def test_requests_of_a_failed_coalesced_call_go_on_to_the_fallback_scorer(mode: 
             for up in core.upstreams.values():
                 up.max_in_flight = 1  # concurrent requests coalesce behind the first call
             try:
-                rows = [schema.example_row() | {schema.ENTITY_KEY: f"card-{i}"} for i in range(N)]
+                rows = [schema.active().example_row() | {schema.active().entity_key: f"card-{i}"} for i in range(N)]
                 answers = await asyncio.wait_for(
-                    asyncio.gather(*(core.predict([row], row[schema.ENTITY_KEY]) for row in rows)), GUARD_S)
+                    asyncio.gather(*(core.predict([row], row[schema.active().entity_key]) for row in rows)), GUARD_S)
             finally:
                 for c in core.clients.values():
                     await c.close()

@@ -29,7 +29,7 @@ def test_typed_predict_routes_by_the_first_cards_key_and_answers_the_cores_rows(
                      "variant": "xgboost_stable", "fallback": False, "degraded": False, "latency_ms": 1.5}
                     for _ in rows], None
 
-    rows = [schema.Transaction(**schema.example_row(), card_id=card) for card in ("card-7", "card-8")]
+    rows = [schema.active().transaction(**schema.active().example_row(), card_id=card) for card in ("card-7", "card-8")]
     out = _call(Core(), rows)
     assert calls == [([r.model_dump() for r in rows], "card-7")]
     assert [type(a) for a in out] == [PredictAnswer, PredictAnswer] and out[0].variant == "xgboost_stable"
@@ -40,6 +40,6 @@ def test_typed_predict_sheds_with_503_and_retry_after_in_whole_seconds():
         async def predict(self, rows: list[dict[str, Any]], key: str | None) -> None:
             raise Saturated(1.2)  # what a limit may ask for
 
-    answer = _call(Full(), [schema.Transaction(**schema.example_row())])
+    answer = _call(Full(), [schema.active().transaction(**schema.active().example_row())])
     assert answer.status_code == 503 and answer.headers["retry-after"] == "2"
     assert json.loads(answer.body) == {"error": "gateway saturated"}

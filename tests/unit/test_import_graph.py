@@ -27,7 +27,7 @@ ENTRY_POINTS = ("bentos", "gateway", "dags")
 FLOORS: dict[str, int] = {
     # 1: definitions and pure decisions
     "healmesh": 1,  # the package's own __init__
-    "settings": 1, "schema": 1, "errors": 1, "policies": 1, "urls": 1,
+    "settings": 1, "project": 1, "schema": 1, "errors": 1, "policies": 1, "urls": 1,
     # 2: the shared model of the world, and clients of the stores
     "control": 2, "data": 2, "models": 2, "registry": 2, "evaluation": 2, "training": 2,
     "features": 2, "rules": 2, "credentials": 2, "access": 2, "redis_conn": 2, "bento_store": 2,

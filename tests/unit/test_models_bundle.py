@@ -12,7 +12,7 @@ def test_bundle_round_trip_and_schema_guard(tmp_path, frame):
     from healmesh.models.xgb import XGBoostModel
 
     X = features.encode_frame(frame)
-    y = frame[schema.LABEL].to_numpy()
+    y = frame[schema.active().label].to_numpy()
     model = XGBoostModel.fit(X, y, X, y, num_rounds=20)
     save_bundle(model, BundleMeta(kind="xgboost", threshold=0.3), tmp_path / "b")
     loaded = load_bundle(tmp_path / "b")
@@ -41,7 +41,7 @@ def test_a_trained_bundle_carries_its_calibrator_fitted_on_validation_rows(tmp_p
     calibrated = cal.apply(scores)
     # isotonic on the validation rows: the calibrated probabilities sum to about the fraud there (not
     # exactly: applied by interpolation between block centres; 11.0 for 10 frauds here)
-    assert calibrated.sum() == pytest.approx(data.val[schema.LABEL].sum(), abs=2.5)
+    assert calibrated.sum() == pytest.approx(data.val[schema.active().label].sum(), abs=2.5)
     assert np.all(np.diff(cal.apply(np.sort(scores))) >= 0)
     old = load_bundle(save_bundle(model, replace(meta, calibrator=None), tmp_path / "old"))
     assert old.calibrator() is None and BundleMeta.from_json(old.meta.to_json()).calibrator is None

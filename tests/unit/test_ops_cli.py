@@ -10,8 +10,9 @@ import pytest
 
 from healmesh import schema
 from healmesh.data import generate
-from healmesh.schema import Transaction
 from healmesh.urls import local_redis_url
+
+Transaction = schema.active().transaction
 
 HEALMESH = shutil.which("healmesh", path=str(Path(sys.executable).parent)) or "healmesh"
 
@@ -58,7 +59,7 @@ def test_generate_and_schema(tmp_path):
 
     assert len(pd.read_parquet(out)) == 1000
     described = json.loads(run("schema", "--json").stdout)
-    assert [f["name"] for f in described] == list(schema.FEATURE_NAMES)
+    assert [f["name"] for f in described] == list(schema.active().feature_names)
 
 
 @pytest.mark.parametrize("cmd", ["sample", "generate", "train", "up", "down", "status", "schema"])

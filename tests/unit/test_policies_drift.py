@@ -70,7 +70,7 @@ def test_a_replayed_transaction_is_anomalous_traffic_never_a_retrain(reference):
 
 def test_a_shift_on_an_unimportant_feature_is_reported_without_a_retrain(reference):
     shifted = generate(5_000, seed=41, drift=DriftSpec(covariate_shift={"customer_age_years": 1.0}))
-    importance = {name: 1.0 for name in schema.FEATURE_NAMES} | {"customer_age_years": 0.01}
+    importance = {name: 1.0 for name in schema.active().feature_names} | {"customer_age_years": 0.01}
     result = decide(reference, shifted, T, importance=importance)
     assert result.decision == DriftDecision.DRIFT_REPORTED and result.drifted_features == ["customer_age_years"]
     assert result.headline.startswith("Drift reported, no retrain") and "importance" in result.headline
@@ -82,7 +82,7 @@ def test_a_shift_on_an_unimportant_feature_is_reported_without_a_retrain(referen
 
 def test_a_quality_drop_retrains_even_when_the_features_only_report(reference):
     shifted = generate(5_000, seed=42, drift=DriftSpec(covariate_shift={"customer_age_years": 1.0}))
-    importance = {name: 1.0 for name in schema.FEATURE_NAMES} | {"customer_age_years": 0.01}
+    importance = {name: 1.0 for name in schema.active().feature_names} | {"customer_age_years": 0.01}
     y = np.r_[np.ones(50), np.zeros(950)]
     dropped = quality_check(y, np.random.default_rng(3).random(1_000), reference_auc=0.97, t=T)
     result = decide(reference, shifted, T, dropped, importance=importance)

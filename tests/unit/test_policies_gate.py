@@ -22,7 +22,7 @@ def test_training_set_rules():
     data = build_training_set(recent, ref, Settings(retrain=RetrainConfig(reference_share=0.5)), seed=0)
     assert data.reference_rows == round(0.5 * (4_000 - len(data.holdout)))
     assert len(data.holdout) == round(0.3 * 4_000)
-    assert isinstance(data.train, pd.DataFrame) and set(data.train.columns) >= set(schema.FEATURE_NAMES)
+    assert isinstance(data.train, pd.DataFrame) and set(data.train.columns) >= set(schema.active().feature_names)
 
 
 def test_the_holdout_does_not_depend_on_the_order_records_arrived_in():
@@ -32,7 +32,7 @@ def test_the_holdout_does_not_depend_on_the_order_records_arrived_in():
     s = Settings()
     first = build_training_set(recent, ref, s, seed=0)
     shuffled = build_training_set(recent.sample(frac=1.0, random_state=3), ref, s, seed=0)
-    key = list(schema.FEATURE_NAMES) + [schema.LABEL]
+    key = list(schema.active().feature_names) + [schema.active().label]
     pd.testing.assert_frame_equal(first.holdout[key], shuffled.holdout[key])
     pd.testing.assert_frame_equal(first.train[key], shuffled.train[key])
 

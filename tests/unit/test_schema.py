@@ -6,22 +6,25 @@ from pydantic import ValidationError
 
 from healmesh import schema
 from healmesh.data import generate
-from healmesh.schema import SchemaError, Transaction, validate_frame
+from healmesh.schema import SchemaError
+
+Transaction = schema.active().transaction
+validate_frame = schema.active().validate_frame
 
 
 def valid_record() -> dict:
-    row = generate(1, seed=1)[list(schema.FEATURE_NAMES)].iloc[0].to_dict()
+    row = generate(1, seed=1)[list(schema.active().feature_names)].iloc[0].to_dict()
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
 
 
 def test_schema_has_numeric_and_categorical_features_with_domains():
-    assert 12 <= len(schema.FEATURES) <= 20
-    assert len(schema.NUMERIC) >= 8 and len(schema.CATEGORICAL) >= 3
-    for f in schema.NUMERIC:
+    assert 12 <= len(schema.active().features) <= 20
+    assert len(schema.active().numeric) >= 8 and len(schema.active().categorical) >= 3
+    for f in schema.active().numeric:
         assert f.min < f.max and f.unit
-    for f in schema.CATEGORICAL:
+    for f in schema.active().categorical:
         assert len(set(f.categories)) == len(f.categories) >= 2
-    assert len(set(schema.FEATURE_NAMES)) == len(schema.FEATURE_NAMES)
+    assert len(set(schema.active().feature_names)) == len(schema.active().feature_names)
 
 
 def test_transaction_accepts_a_generated_record():
@@ -63,7 +66,7 @@ def test_card_id_is_optional_and_not_a_feature():
     rec = valid_record()
     assert Transaction(**rec).model_dump()["card_id"] is None
     assert Transaction(**(rec | {"card_id": "card-1"})).model_dump()["card_id"] == "card-1"
-    assert schema.ENTITY_KEY not in schema.FEATURE_NAMES
+    assert schema.active().entity_key not in schema.active().feature_names
 
 
 def test_validate_frame_names_column_and_first_bad_row():

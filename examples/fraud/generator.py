@@ -1,7 +1,7 @@
-"""A seeded generator of card transactions with dialable drift.
+"""The fraud example's data: a seeded generator of card transactions with dialable drift.
 
 Legitimate traffic has realistic marginals: log-normal amounts that depend on the merchant
-category, a daily cycle, card-holder profiles. Fraud is rare (``fraud_rate``) and comes from
+category, a daily cycle, card-holder profiles. Fraud is rare (``positive_rate``) and comes from
 a mixture of *patterns*, each moving several features at once (card testing: tiny online
 amounts at high velocity; account takeover: large online purchases far above the card's
 average at night; ...). No single feature separates the classes: legitimate travellers are
@@ -16,14 +16,14 @@ Two drift controls:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from healmesh import schema
+from healmesh.data import NO_DRIFT, DriftSpec
 from healmesh.errors import ConfigError
-from healmesh.schema import ENTITY_KEY, LABEL, CategoricalFeature, NumericFeature
+from healmesh.schema import CategoricalFeature, NumericFeature
 
 PATTERN = "fraud_pattern"  # diagnostic column: which pattern made a fraud row ("legit" otherwise)
 
@@ -44,42 +44,26 @@ _AMOUNT_LOGMEAN = {
 }
 
 
-@dataclass(frozen=True)
-class DriftSpec:
-    """How the generated world differs from the training world."""
-
-    # feature name -> amount. Numeric: skewed features are multiplied by exp(amount), others
-    # shifted by amount x their standard deviation. Categorical: that share of rows is redrawn
-    # favouring the rare categories.
-    covariate_shift: Mapping[str, float] = field(default_factory=dict)
-    # share (0..1) of fraud that follows the new patterns instead of the original ones
-    concept_drift: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name, amount in self.covariate_shift.items():
-            if name not in schema.BY_NAME:
-                raise ConfigError(f"covariate_shift names unknown feature {name!r}; "
-                                  f"the schema has {', '.join(schema.FEATURE_NAMES)}")
-            f = schema.feature(name)
-            if isinstance(f, CategoricalFeature) and not 0.0 <= amount <= 1.0:
-                raise ConfigError(f"covariate_shift[{name!r}] must be in [0, 1] for a categorical feature, "
-                                  f"but was {amount}")
-        if not 0.0 <= self.concept_drift <= 1.0:
-            raise ConfigError(f"concept_drift must be in [0, 1], but was {self.concept_drift}")
 
 
-NO_DRIFT = DriftSpec()
+# the drift scenarios of `healmesh demo drift --kind NAME`
+SCENARIOS = {
+    "covariate": DriftSpec(covariate_shift={"amount": 1.2, "distance_from_home_km": 1.0, "channel": 0.4,
+                                            "merchant_category": 0.3}),
+    "concept": DriftSpec(concept_drift=1.0),
+}
 
 
-def generate(n: int, *, seed: int = 0, fraud_rate: float = 0.02, drift: DriftSpec = NO_DRIFT) -> pd.DataFrame:
+def generate(n: int, *, seed: int = 0, positive_rate: float | None = None, drift: DriftSpec = NO_DRIFT) -> pd.DataFrame:
     """``n`` transactions: the schema's features, ``is_fraud``, ``card_id`` and ``fraud_pattern``."""
     if n <= 0:
         raise ConfigError(f"n must be positive, but was {n}")
-    if not 0.0 < fraud_rate < 0.5:
-        raise ConfigError(f"fraud_rate must be in (0, 0.5), but was {fraud_rate}")
+    positive_rate = 0.02 if positive_rate is None else positive_rate
+    if not 0.0 < positive_rate < 0.5:
+        raise ConfigError(f"positive_rate must be in (0, 0.5), but was {positive_rate}")
     rng = np.random.default_rng(seed)
     cols = _legit(rng, n)
-    labels = rng.random(n) < fraud_rate
+    labels = rng.random(n) < positive_rate
     patterns = np.full(n, "legit", dtype=object)
     fraud_idx = np.flatnonzero(labels)
     if fraud_idx.size:
@@ -88,13 +72,14 @@ def generate(n: int, *, seed: int = 0, fraud_rate: float = 0.02, drift: DriftSpe
             idx = fraud_idx[regime_mask]
             if idx.size:
                 _apply_patterns(rng, cols, idx, table, patterns)
-    frame = pd.DataFrame({name: cols[name] for name in schema.FEATURE_NAMES})
+    S = schema.active()
+    frame = pd.DataFrame({name: cols[name] for name in S.feature_names})
     frame = _finalise(frame)
     if drift.covariate_shift:
         frame = apply_covariate_shift(frame, drift.covariate_shift, rng)
     n_cards = max(100, n // 20)
-    frame[ENTITY_KEY] = [f"card-{k:07d}" for k in rng.integers(0, n_cards, n)]
-    frame[LABEL] = labels.astype(np.int64)
+    frame["card_id"] = [f"card-{k:07d}" for k in rng.integers(0, n_cards, n)]
+    frame["is_fraud"] = labels.astype(np.int64)
     frame[PATTERN] = patterns
     return frame
 
@@ -102,7 +87,7 @@ def generate(n: int, *, seed: int = 0, fraud_rate: float = 0.02, drift: DriftSpe
 def apply_covariate_shift(frame: pd.DataFrame, shift: Mapping[str, float], rng: np.random.Generator) -> pd.DataFrame:
     out = frame.copy()
     for name, amount in shift.items():
-        f = schema.feature(name)
+        f = schema.active().feature(name)
         col = out[name]
         if isinstance(f, CategoricalFeature):
             counts = col.value_counts().reindex(f.categories, fill_value=0).to_numpy(dtype=float)
@@ -318,11 +303,11 @@ def _clip_numeric(f: NumericFeature, values: np.ndarray) -> np.ndarray:
 
 
 def _finalise(frame: pd.DataFrame) -> pd.DataFrame:
-    for f in schema.NUMERIC:
+    for f in schema.active().numeric:
         frame[f.name] = _clip_numeric(f, frame[f.name].to_numpy(dtype=float))
     frame["amount"] = np.maximum(np.round(frame["amount"], 2), 0.01)
     # the 24h count includes the last hour
     frame["txn_count_24h"] = np.minimum(frame["txn_count_24h"] + frame["txn_count_1h"], 1_000)
-    for c in schema.CATEGORICAL:
+    for c in schema.active().categorical:
         frame[c.name] = frame[c.name].astype(str)
     return frame
