@@ -72,7 +72,7 @@ def test_a_second_training_does_not_move_champion_unless_promoted(trained, setti
 def test_training_refuses_one_class_data(settings: Settings):
     df = generate(2_000, seed=1)
     df[schema.active().label] = 0
-    with pytest.raises(ValueError, match="both fraudulent and legitimate"):
+    with pytest.raises(ValueError, match="needs both classes of .is_fraud."):
         train(df, settings, TrainConfig(register=False, save_to_bentoml=False))
 
 
