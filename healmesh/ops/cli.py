@@ -217,8 +217,10 @@ def cmd_demo_all(args: argparse.Namespace) -> int:
 
 def cmd_demo_drift(args: argparse.Namespace) -> int:
     from healmesh.ops import demo
+    from healmesh.ops.replay import parse_rows
 
-    return demo.run(kind=args.kind, n=args.n, timeout_s=args.timeout)
+    return demo.run(kind=args.kind, n=args.n, timeout_s=args.timeout, data=args.data,
+                    rows=parse_rows(args.rows) if args.rows else None)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -298,8 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.set_defaults(func=cmd_demo_all)
     demo = demo_parser.add_subparsers(dest="demo")
     p = demo.add_parser("drift", help="drift -> report -> retrain -> register -> canary -> promote, via Airflow")
-    p.add_argument("--kind", choices=["covariate", "concept"], default="concept")
-    p.add_argument("--n", type=int, default=20_000, help="drifted transactions before the check")
+    p.add_argument("--kind", default="concept", help="a drift scenario of the project's generator")
+    p.add_argument("--n", type=int, default=20_000, help="drifted (or replayed) rows before the check")
+    p.add_argument("--data", help="replay this file instead of generating (default for a project with a data "
+                                  "file: its rows after the training rows)")
+    p.add_argument("--rows", metavar="START:STOP", help="rows [START, STOP) of --data, from 0")
     p.add_argument("--timeout", type=float, default=1_200.0, help="seconds to wait for the whole loop")
     p.set_defaults(func=cmd_demo_drift)
     p = sub.add_parser("replay", help="post your own later data through the local gateway, then its labels")

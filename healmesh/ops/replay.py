@@ -20,6 +20,7 @@ import ipaddress
 import itertools
 import json
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -180,6 +181,8 @@ class Answer:
     label: int  # the true label from the file
     probability: float
     variant: str
+    model_version: str = ""
+    model: str = ""
 
 
 @dataclass
@@ -321,6 +324,9 @@ class Options:
     batch: int = 1
     concurrency: int = 8
     progress: bool = False
+    # set by another thread to end the sending early (a background replay during a rollout);
+    # the labels of what was answered are still sent
+    stop: threading.Event | None = field(default=None, compare=False)
 
     def check(self, max_batch_rows: int) -> None:
         if self.rate is not None and not self.rate > 0:
@@ -388,7 +394,8 @@ async def replay(data: ReplayRows, gateway: str, options: Options = Options(), *
                 bars[1].update(stop - start)  # no label goes for these
                 return
             for i, a in enumerate(answer if isinstance(answer, list) else [answer], start=start):
-                tally.answers.append(Answer(a["request_id"], data.labels[i], float(a["probability"]), a["variant"]))
+                tally.answers.append(Answer(a["request_id"], data.labels[i], float(a["probability"]), a["variant"],
+                                            str(a.get("model_version", "")), str(a.get("model", ""))))
                 schedule.add(PendingLabel(a["request_id"], data.labels[i], due), due)
             wake.set()
 
@@ -396,6 +403,8 @@ async def replay(data: ReplayRows, gateway: str, options: Options = Options(), *
             nonlocal sent_at
             async with asyncio.TaskGroup() as posts:
                 for start, stop in spans(n, options.batch):
+                    if options.stop is not None and options.stop.is_set():
+                        break
                     await asyncio.sleep(pace_delay(start, options.rate, started, clock()))
                     await slots.acquire()
                     tally.sent += stop - start

@@ -139,9 +139,13 @@ def mlflow_program(settings: Settings) -> Program | None:
 
 def scorer_env(settings: Settings, tracking: str) -> dict[str, str]:
     """What every child of `up` gets: tokens, home, the Redis in use (URL and password file) and
-    the tracking URI. (The supervisor's spec holding them is 0600 in the 0700 run directory.)"""
+    the tracking URI, and the project file, so that every process serves the same contract. (The
+    supervisor's spec holding them is 0600 in the 0700 run directory.)"""
+    from healmesh import project
+
     return {"HEALMESH_ADMIN_TOKEN": admin_token(settings), "HEALMESH_LABELLER_TOKEN": labeller_token(settings),
-            "HEALMESH_HOME": str(settings.home), **redis_conn.client_env(settings), "MLFLOW_TRACKING_URI": tracking}
+            "HEALMESH_HOME": str(settings.home), **redis_conn.client_env(settings), "MLFLOW_TRACKING_URI": tracking,
+            project.ENV_VAR: str(project.active_path())}
 
 
 def gateway_env(settings: Settings, env: dict[str, str]) -> dict[str, str]:
