@@ -136,3 +136,11 @@ def test_spare_ports_avoid_any_ephemeral_range():
     assert procs.spare_ports((32768, 60999)) == range(10_000, 32768)
     assert procs.spare_ports((1024, 50000)) == range(50001, 65536)  # nothing spare below: above
     assert procs.spare_ports((1024, 65000)) == range(0)  # none at all: free_port asks the kernel
+
+
+def test_airflow_tasks_ask_the_api_on_its_own_port_not_8080(tmp_path):
+    """A task fetches its work from the execution API; Airflow's default URL names port 8080
+    whatever port the API server listens on, so on another port every task failed to start."""
+    env = procs.airflow_env(18_267, tmp_path / "airflow", tmp_path / "dags")
+    assert env["AIRFLOW__API__PORT"] == "18267"
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18267/execution/"
