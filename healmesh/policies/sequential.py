@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -289,6 +289,28 @@ def judge_metric(metric: Metric, ev: MeanDiff | AucDiff | None, cfg: JudgeConfig
                            f"{what}: undecided ({bounds}{short})")
 
 
+# quality from labels: an estimate (CBPE) assumes P(y|x) did not change, so it cannot vouch for a
+# challenger that decides differently because it did
+_LABELLED = frozenset({"auc", "logloss"})
+
+
+def _disagreement_explained(verdicts: dict[Metric, MetricJudgement]) -> dict[Metric, MetricJudgement]:
+    """Proven disagreement is a veto only where labels cannot speak. A challenger that heals a
+    broken champion must decide differently (the weather example's retrain after its data break
+    disagrees on 52 % of decisions, AUC 0.92 against 0.32): when labelled quality proves it not
+    worse, the disagreement passes; while that quality is undecided, the stage waits for it."""
+    d, q = verdicts.get(Metric.DISAGREEMENT), verdicts.get(Metric.QUALITY)
+    if d is None or d.outcome is not Outcome.ROLLBACK or q is None or q.kind not in _LABELLED:
+        return verdicts
+    if q.outcome is Outcome.ROLLBACK:
+        return verdicts
+    outcome, why = ((Outcome.PASS, "expected: labelled quality proves the challenger not worse")
+                    if q.outcome is Outcome.PASS else (Outcome.CONTINUE, "waiting for labelled quality to judge it"))
+    head, _, bounds = d.reason.partition(": worse by more than the margin is proven ")
+    return {**verdicts, Metric.DISAGREEMENT: replace(d, outcome=outcome,
+                                                      reason=f"{head}: beyond the margin {bounds}, {why}")}
+
+
 def judge(evidence: Evidence, cfg: JudgeConfig) -> Judgement:
     """The stage's answer now: ROLLBACK if any metric proves harm; PASS if every required metric
     proves no harm; ROLLBACK at the stage's limit when undecided; else CONTINUE."""
@@ -301,6 +323,7 @@ def judge(evidence: Evidence, cfg: JudgeConfig) -> Judgement:
     # Bonferroni over the metrics that can act: each sequence is valid on its own, a union bound joins them
     k = len(judged)
     verdicts = {m: judge_metric(m, streams[m], cfg, cfg.alpha / k, cfg.beta / k) for m in judged}
+    verdicts = _disagreement_explained(verdicts)
     harmed = [j.reason for j in verdicts.values() if j.outcome is Outcome.ROLLBACK]
     if harmed:
         return Judgement(Outcome.ROLLBACK, tuple(harmed), verdicts)

@@ -166,3 +166,33 @@ def test_logloss_stream_judges_quality_without_positives_to_pair():
     same = judge(Evidence(n, 60.0, quality=MeanDiff(Stream.of(rng.exponential(0.08, n)), stable), **base), cfg)
     assert same.outcome is Outcome.PASS
     assert same.as_dict()["metrics"]["quality"]["kind"] == "logloss"
+
+
+def _disagreeing(quality: AucDiff | None) -> Evidence:
+    """A challenger that proves to decide half the rows unlike the champion (the weather example's
+    retrain after its data break), with or without quality evidence beside it."""
+    rng = np.random.default_rng(11)
+    n = 2_000
+    return Evidence(n, 60.0, _err(n, 0, n, 0), _lat(rng, n), quality=quality,
+                    disagreement=MeanDiff(Stream.bernoulli(n, n // 2), Stream(n, 0.0, 0.0)))
+
+
+def test_disagreement_explained_by_better_labelled_quality_passes():
+    # the canary's labelled AUC 0.92 against a broken champion's 0.32: the heal, not a harm
+    j = judge(_disagreeing(AucDiff(0.92, 2e-5, 0.32, 2e-5, 2_000)), CFG)
+    assert j.outcome is Outcome.PASS, j.reasons
+    d = j.metrics[Metric.DISAGREEMENT]
+    assert d.outcome is Outcome.PASS and "labelled quality proves the challenger not worse" in d.reason
+
+
+def test_disagreement_waits_for_undecided_labelled_quality_and_still_vetoes_without_labels():
+    undecided = judge(_disagreeing(AucDiff(0.90, 0.02, 0.90, 0.02, 2_000)), CFG)
+    assert undecided.outcome is Outcome.CONTINUE
+    assert undecided.metrics[Metric.DISAGREEMENT].outcome is Outcome.CONTINUE
+    # an estimate (CBPE) assumes nothing changed in P(y|x): it cannot vouch for a disagreement
+    estimated = judge(_disagreeing(AucDiff(0.92, 2e-5, 0.32, 2e-5, 2_000, estimated=True)), CFG)
+    assert estimated.outcome is Outcome.ROLLBACK and "disagreement" in estimated.reasons[0]
+    assert judge(_disagreeing(None), CFG).outcome is Outcome.ROLLBACK
+    # a canary proven worse on labels is rolled back on both
+    worse = judge(_disagreeing(AucDiff(0.32, 2e-5, 0.92, 2e-5, 2_000)), CFG)
+    assert worse.outcome is Outcome.ROLLBACK and worse.metrics[Metric.DISAGREEMENT].outcome is Outcome.ROLLBACK
