@@ -22,6 +22,7 @@ import psutil
 
 from healmesh.credentials import private_dir, write_secret
 from healmesh.errors import HealmeshError
+from healmesh.policies.probing import Probe
 from healmesh.settings import get_settings
 from healmesh.urls import LOCALHOST, local_address, local_url
 
@@ -78,12 +79,23 @@ def port_open(port: int, host: str = LOCALHOST) -> bool:
 def answers(port: int, ready_path: str | None, timeout: float = 2.0) -> bool:
     """The one readiness probe (`up`, `status`, the supervisor and the tests): GET ``ready_path``
     on the local port answers 200; without a path (Redis), the port accepts connections."""
+    return probe(port, ready_path, timeout).ok
+
+
+def probe(port: int, ready_path: str | None, timeout: float = 2.0) -> Probe:
+    """``answers`` with how it failed, worded for a person."""
     if not ready_path:
-        return port_open(port)
+        return Probe(True) if port_open(port) else Probe(False, f"port {port} accepts no connection")
+    url = local_url(port, ready_path)
     try:
-        return httpx.get(local_url(port, ready_path), timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
+        code = httpx.get(url, timeout=timeout).status_code
+    except httpx.TimeoutException:
+        return Probe(False, f"GET {url} timed out after {timeout:g} s")
+    except httpx.ConnectError:
+        return Probe(False, f"GET {url}: connection refused")
+    except httpx.HTTPError as exc:
+        return Probe(False, f"GET {url}: {type(exc).__name__}: {exc}")
+    return Probe(True) if code == 200 else Probe(False, f"GET {url} answered {code}")
 
 
 def process_tree(pid: int) -> list[psutil.Process]:

@@ -101,7 +101,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
     c.up_s = time.monotonic() - start
     print(f"\ncluster up in {c.up_s:.0f} s (training included)")
     try:
-        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+        assert done.returncode == 0, "stderr:\n" + done.stderr[-6000:] + "\nstdout:\n" + done.stdout[-3000:]
         yield c
     finally:
         c.cli("down", timeout=180)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from healmesh.credentials import private_dir
 from healmesh.errors import HealmeshError
 from healmesh.ops.supervisor.daemon import PROC_NAME
 from healmesh.ops.supervisor.spec import SPEC_FILE, Program, Spec, control_endpoint, pidfile_path
+from healmesh.policies.probing import DEFAULT as DEFAULT_PROBES
+from healmesh.policies.probing import Probe, ProbeConfig, Readiness, Verdict
 
 
 class SupervisorError(HealmeshError, RuntimeError):
@@ -139,8 +142,27 @@ def start_daemon(spec: Spec, cwd: Path) -> Supervisor:
 def answers_ready(program: Program, running: bool) -> bool:
     """A program's readiness check: its HTTP path answers 200, its port accepts (Redis), or,
     with no port, it runs."""
-    from healmesh.ops.procs import answers
+    return probe_ready(program, running).ok
+
+
+def probe_ready(program: Program, running: bool) -> Probe:
+    """``answers_ready`` with how it failed."""
+    from healmesh.ops.procs import probe
 
     if program.port is None or program.ready_path is None:
-        return running
-    return answers(program.port, program.ready_path)
+        return Probe(True) if running else Probe(False, "not running")
+    return probe(program.port, program.ready_path)
+
+
+def readiness(program: Program, running: bool, config: ProbeConfig = DEFAULT_PROBES,
+              sleep: Callable[[float], None] = time.sleep) -> Readiness:
+    """Probe until a verdict (``policies.probing``): one answer is ready, ``failure_threshold``
+    failures in a row are not; a program that does not run is not ready at once."""
+    if not running:  # nothing to wait for
+        judged = Readiness(config.model_copy(update={"failure_threshold": 1}))
+        judged.observe(Probe(False, "not running"))
+        return judged
+    judged = Readiness(config)
+    while judged.observe(probe_ready(program, running)) is Verdict.PROBE_AGAIN:
+        sleep(config.spacing_s)
+    return judged
