@@ -276,7 +276,10 @@ def register(settings: Settings, kind: str, logged: LoggedModel, tags: dict[str,
 
     registry.configure_mlflow(settings)
     name = registered_name(kind, settings)
-    mv = mlflow.register_model(logged.model_uri, name, tags={"healmesh.kind": kind, **(tags or {})})
+    # the version names the schema it was trained on: `up` and the scorers compare it with the project's
+    mv = mlflow.register_model(logged.model_uri, name, tags={"healmesh.kind": kind,
+                                                             "healmesh.schema": features.schema_fingerprint(),
+                                                             **(tags or {})})
     return name, str(mv.version)
 
 

@@ -178,6 +178,16 @@ def run_shadow(settings: Settings, mesh: MeshClient, redis: Any, version: str,
 SHADOW_STAGE = "shadow"
 
 
+def _gate_lower_bound(settings: Settings, version: str) -> float | None:
+    """The retrain gate's lower bound on (challenger - champion) AUC, recorded with the version's run
+    (None for a version the gate did not judge, or a registry that does not answer)."""
+    try:
+        value = registry.version_info(settings, settings.xgb_registered_name, version).metrics.get("gate_ci_lower")
+    except Exception:  # noqa: BLE001 - no bound is the conservative answer: the disagreement veto stands
+        return None
+    return float(value) if value is not None else None
+
+
 def _judged(settings: Settings, mesh: MeshClient, redis: Any, version: str, stage: int, cfg: analysis.CanaryConfig,
             *, holder: str, sleep: Callable[[float], None], clock: Callable[[], float], wall: Callable[[], float],
             calibrator: Callable[[str], Calibrator | None] | None) -> dict[str, Any]:
@@ -202,6 +212,7 @@ def _judged(settings: Settings, mesh: MeshClient, redis: Any, version: str, stag
     calibrators: Calibrators = {routing.XGB_CANARY: load(version),
                                 routing.XGB_STABLE: load(stable_version) if stable_version else None}
     base["calibrated"] = {variant: c is not None for variant, c in calibrators.items()}
+    proven_better = _gate_lower_bound(settings, version) if shadow else None
     # taken before the routing change: a gateway started after this counts all its calls
     started_wall = wall()
     if shadow:
@@ -230,7 +241,7 @@ def _judged(settings: Settings, mesh: MeshClient, redis: Any, version: str, stag
             analysis.stats_from_increases(totals, routing.XGB_CANARY), analysis.pooled(stable_here, earlier),
             clock() - started, cfg,
             canary_breaker_open=state["breakers"][routing.XGB_CANARY]["state"] == State.OPEN,
-            quality=quality, disagreement=disagreement)
+            quality=quality, disagreement=disagreement, proven_better=proven_better)
         if verdict.status is analysis.StageStatus.WAIT:
             continue
         details = {**base, "status": verdict.status, "reasons": list(verdict.reasons),

@@ -69,8 +69,26 @@ def models_available(settings: Settings) -> bool:
 
     if registry.is_reachable(settings):
         names = (settings.xgb_registered_name, settings.mlp_registered_name)
-        return all(registry.version_by_alias(settings, n, settings.champion_alias) for n in names)
+        champions = [registry.version_by_alias(settings, n, settings.champion_alias) for n in names]
+        return all(champions) and not champion_of_another_schema(settings)
     return all(bento_store.in_store(name) for name in (bento_store.XGB_BENTO_MODEL, bento_store.MLP_BENTO_MODEL))
+
+
+def champion_of_another_schema(settings: Settings) -> str | None:
+    """Why the registry's champion cannot serve this project (trained on another schema: the home
+    served another project before), or None. A version without the tag predates it: not refused here
+    (the scorer still checks the bundle itself)."""
+    from healmesh import features, registry
+
+    ref = registry.version_by_alias(settings, settings.xgb_registered_name, settings.champion_alias)
+    if ref is None:
+        return None
+    theirs = registry.version_info(settings, settings.xgb_registered_name, ref.version).tags.get("healmesh.schema")
+    mine = features.schema_fingerprint()
+    if theirs is None or theirs == mine:
+        return None
+    return (f"the champion {settings.xgb_registered_name} v{ref.version} was trained on another schema ({theirs}; "
+            f"this project's is {mine})")
 
 
 def run_dir(settings: Settings) -> Path:
@@ -362,7 +380,11 @@ def train_first(settings: Settings, rows: int | None, frame: pd.DataFrame | None
 
     progress("data")
     data = frame if frame is not None else training_frame(project.active(), rows=rows, seed=0)
-    report = train(data, settings, TrainConfig(seed=0, tags={"healmesh.trigger": "cli"}), progress=progress)
+    other = champion_of_another_schema(settings)
+    if other:  # this project's first models become the champions (the old ones stay in the registry)
+        print(f"{other}: training this project's models as the new champions", file=sys.stderr)
+    report = train(data, settings, TrainConfig(seed=0, tags={"healmesh.trigger": "cli"}, promote=bool(other)),
+                   progress=progress)
     print(format_report(report.to_dict()))
 
 
@@ -498,12 +520,19 @@ def processes(settings: Settings) -> list[dict[str, Any]]:
         active = statuses.get(program.name) == "active"
         pids = sup.pids(program.name) if active else []
         pid = pids[0] if pids else None
-        ready = bool(pid) and client.answers_ready(program, running=True)
+        # consecutive failures, not one slow answer, make a running program not ready (policies.probing)
+        judged = client.readiness(program, running=True) if pid else None
+        ready = judged is not None and judged.failures == 0
         uptime = None
         if pid:
             with contextlib.suppress(psutil.Error):
                 uptime = round(time.time() - psutil.Process(pid).create_time(), 1)
-        out.append({"name": program.name, "state": str(process_state(program.name in wanted, active, bool(pid), ready)),
+        state = process_state(program.name in wanted, active, bool(pid), ready)
+        why = None
+        if state not in (ProcState.READY, ProcState.STOPPED):
+            why = judged.reason if judged is not None else ("not running: the supervisor is restarting it" if active
+                                                            else "stopped: the supervisor gave up on it")
+        out.append({"name": program.name, "state": str(state), "why": why,
                     "pid": pid, "url": program.url, "restarts": restarts(read_starts(run_dir(settings), program.name)),
                     "uptime_s": uptime, "log": program.log_path})
     return out
@@ -553,6 +582,11 @@ def status(settings: Settings | None = None, as_json: bool = False) -> int:
     settings = settings or get_settings()
     data = report(settings)
     healthy = _healthy(data)
+    if not healthy:  # why first, on stderr: which program, which check and how it failed, its log
+        for p in data["processes"]:
+            if p["why"]:
+                print(f"healmesh: {p['name']} is {p['state']}: {p['why']}; the end of {p['log']}:\n"
+                      f"{_tail(Path(p['log']), 15)}", file=sys.stderr)
     if as_json:
         print(json.dumps({**data, "healthy": healthy}, indent=1))
         return 0 if healthy else 1

@@ -249,26 +249,28 @@ def disagreement_evidence(compared: int, disagreed: int) -> MeanDiff | None:
 
 
 def evidence(canary: UpstreamStats, stable: UpstreamStats, elapsed_s: float,
-             quality: AucDiff | None = None, disagreement: MeanDiff | None = None) -> Evidence:
+             quality: AucDiff | None = None, disagreement: MeanDiff | None = None,
+             proven_better: float | None = None) -> Evidence:
     def latency(u: UpstreamStats) -> Stream:
         return u.log_latency or Stream(0, 0.0, 0.0)
 
     errors = MeanDiff(Stream.bernoulli(int(canary.calls), int(canary.failures)),
                       Stream.bernoulli(int(stable.calls), int(stable.failures)))
     return Evidence(canary_calls=int(canary.calls), elapsed_s=elapsed_s, error_rate=errors,
-                    latency=MeanDiff(latency(canary), latency(stable)), quality=quality, disagreement=disagreement)
+                    latency=MeanDiff(latency(canary), latency(stable)), quality=quality, disagreement=disagreement,
+                    proven_better=proven_better)
 
 
 def analyse(canary: UpstreamStats, stable: UpstreamStats, elapsed_s: float, cfg: CanaryConfig, *,
             canary_breaker_open: bool = False, quality: AucDiff | None = None,
-            disagreement: MeanDiff | None = None) -> Verdict:
+            disagreement: MeanDiff | None = None, proven_better: float | None = None) -> Verdict:
     details: dict[str, Any] = {"canary": canary.as_dict(), "stable": stable.as_dict(),
                                "elapsed_s": round(elapsed_s, 1), "quality": quality.__dict__ if quality else None,
                                "disagreement": ({"compared": disagreement.canary.n,
                                                  "rate": round(disagreement.canary.mean, 5)} if disagreement else None)}
     if canary_breaker_open:
         return Verdict(FAIL, ("the canary's circuit breaker is open",), details)
-    judged: Judgement = judge(evidence(canary, stable, elapsed_s, quality, disagreement), cfg.judge)
+    judged: Judgement = judge(evidence(canary, stable, elapsed_s, quality, disagreement, proven_better), cfg.judge)
     details["judge"] = judged.as_dict()
     status = {Outcome.PASS: PASS, Outcome.ROLLBACK: FAIL, Outcome.CONTINUE: WAIT}[judged.outcome]
     return Verdict(status, judged.reasons, details)

@@ -143,6 +143,9 @@ class Evidence:
     # the shadow stage: canary = its disagreements with the champion (Bernoulli), stable = none; the
     # metric is required whenever it is given
     disagreement: MeanDiff | None = None
+    # the lower bound with which the retrain gate proved the challenger better than the champion on
+    # labelled recent traffic (AUC difference); None: not proven better (or not gated)
+    proven_better: float | None = None
 
 
 class JudgeConfig(BaseModel):
@@ -294,18 +297,25 @@ def judge_metric(metric: Metric, ev: MeanDiff | AucDiff | None, cfg: JudgeConfig
 _LABELLED = frozenset({"auc", "logloss"})
 
 
-def _disagreement_explained(verdicts: dict[Metric, MetricJudgement]) -> dict[Metric, MetricJudgement]:
+def _disagreement_explained(verdicts: dict[Metric, MetricJudgement],
+                            proven_better: float | None) -> dict[Metric, MetricJudgement]:
     """Proven disagreement is a veto only where labels cannot speak. A challenger that heals a
     broken champion must decide differently (the weather example's retrain after its data break
-    disagrees on 52 % of decisions, AUC 0.92 against 0.32): when labelled quality proves it not
-    worse, the disagreement passes; while that quality is undecided, the stage waits for it."""
+    disagrees on 48-52 % of decisions, gated AUC 0.95 against 0.33): when labels prove it better
+    (the retrain gate's interval above zero) or not worse (the stage's own labelled quality), the
+    disagreement passes; while the stage's labelled quality is undecided, the stage waits for it."""
     d, q = verdicts.get(Metric.DISAGREEMENT), verdicts.get(Metric.QUALITY)
-    if d is None or d.outcome is not Outcome.ROLLBACK or q is None or q.kind not in _LABELLED:
+    if d is None or d.outcome is not Outcome.ROLLBACK or (q is not None and q.outcome is Outcome.ROLLBACK):
         return verdicts
-    if q.outcome is Outcome.ROLLBACK:
+    if proven_better is not None and proven_better > 0:
+        outcome, why = Outcome.PASS, (f"expected: the retrain gate proved the challenger better on labelled "
+                                      f"recent traffic (AUC difference above {proven_better:+.4f})")
+    elif q is None or q.kind not in _LABELLED:
         return verdicts
-    outcome, why = ((Outcome.PASS, "expected: labelled quality proves the challenger not worse")
-                    if q.outcome is Outcome.PASS else (Outcome.CONTINUE, "waiting for labelled quality to judge it"))
+    elif q.outcome is Outcome.PASS:
+        outcome, why = Outcome.PASS, "expected: labelled quality proves the challenger not worse"
+    else:
+        outcome, why = Outcome.CONTINUE, "waiting for labelled quality to judge it"
     head, _, bounds = d.reason.partition(": worse by more than the margin is proven ")
     return {**verdicts, Metric.DISAGREEMENT: replace(d, outcome=outcome,
                                                       reason=f"{head}: beyond the margin {bounds}, {why}")}
@@ -323,7 +333,7 @@ def judge(evidence: Evidence, cfg: JudgeConfig) -> Judgement:
     # Bonferroni over the metrics that can act: each sequence is valid on its own, a union bound joins them
     k = len(judged)
     verdicts = {m: judge_metric(m, streams[m], cfg, cfg.alpha / k, cfg.beta / k) for m in judged}
-    verdicts = _disagreement_explained(verdicts)
+    verdicts = _disagreement_explained(verdicts, evidence.proven_better)
     harmed = [j.reason for j in verdicts.values() if j.outcome is Outcome.ROLLBACK]
     if harmed:
         return Judgement(Outcome.ROLLBACK, tuple(harmed), verdicts)

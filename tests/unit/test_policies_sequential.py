@@ -196,3 +196,14 @@ def test_disagreement_waits_for_undecided_labelled_quality_and_still_vetoes_with
     # a canary proven worse on labels is rolled back on both
     worse = judge(_disagreeing(AucDiff(0.32, 2e-5, 0.92, 2e-5, 2_000)), CFG)
     assert worse.outcome is Outcome.ROLLBACK and worse.metrics[Metric.DISAGREEMENT].outcome is Outcome.ROLLBACK
+
+
+def test_disagreement_of_a_challenger_the_gate_proved_better_passes_before_any_label():
+    # estimated quality only (no label back yet), but the retrain gate proved it better on labels
+    ev = _disagreeing(AucDiff(0.92, 2e-5, 0.86, 2e-5, 2_000, estimated=True))
+    proven = judge(Evidence(**{**ev.__dict__, "proven_better": 0.5985}), CFG)
+    assert proven.outcome is Outcome.PASS, proven.reasons
+    assert "retrain gate proved the challenger better" in proven.metrics[Metric.DISAGREEMENT].reason
+    # not worse beyond the margin is not better: the veto stands
+    merely = judge(Evidence(**{**ev.__dict__, "proven_better": -0.004}), CFG)
+    assert merely.outcome is Outcome.ROLLBACK
