@@ -6,40 +6,50 @@ from types import SimpleNamespace
 
 import pytest
 
-from healmesh import schema
-from healmesh.data import generate
 from healmesh.gateway import api
 from healmesh.gateway.api import ApiError, parse_predict_body
 
-FEATURE_NAMES = schema.active().feature_names
 
-
-def tx() -> dict:
-    row = generate(1, seed=3)[list(FEATURE_NAMES)].iloc[0].to_dict()
-    return {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
-
-
-def test_parse_single_and_batch():
-    rows, single = parse_predict_body(json.dumps(tx()).encode(), 10)
-    assert single and len(rows) == 1 and rows[0]["card_id"] is None
-    rows, single = parse_predict_body(json.dumps([tx(), tx()]).encode(), 10)
+def test_parse_single_and_batch(example):
+    tx, other = example.records(2, seed=3)
+    rows, single = parse_predict_body(json.dumps(tx).encode(), 10)
+    assert single and len(rows) == 1
+    assert {k: rows[0][k] for k in example.schema.feature_names} == {k: tx[k] for k in example.schema.feature_names}
+    if example.schema.entity_key:
+        assert rows[0][example.schema.entity_key] == tx[example.schema.entity_key]
+        no_key = {k: v for k, v in tx.items() if k != example.schema.entity_key}
+        assert parse_predict_body(json.dumps(no_key).encode(), 10)[0][0][example.schema.entity_key] is None
+    else:
+        assert set(rows[0]) == set(example.schema.feature_names)
+    rows, single = parse_predict_body(json.dumps([tx, other]).encode(), 10)
     assert not single and len(rows) == 2
 
 
-@pytest.mark.parametrize("body,status,fields", [
-    (b"{nope", 400, set()),
-    (json.dumps([tx()] * 11).encode(), 413, set()),
-    (json.dumps([]).encode(), 422, set()),
-    (json.dumps(7).encode(), 422, set()),
-    (json.dumps([tx(), 5]).encode(), 422, set()),
-    (json.dumps(tx() | {"amount": None, "geo": "moon"}).encode(), 422, {"amount", "geo"}),
-])
-def test_parse_refuses_with_the_right_status(body, status, fields):
+# each case: the body, from one valid request of the served example; the status; the fields named
+REFUSALS = [
+    pytest.param(lambda ex, tx: b"{nope", 400, None, id="not-json"),
+    pytest.param(lambda ex, tx: json.dumps([tx] * 11).encode(), 413, None, id="too-many-rows"),
+    pytest.param(lambda ex, tx: json.dumps([]).encode(), 422, None, id="empty-batch"),
+    pytest.param(lambda ex, tx: json.dumps(7).encode(), 422, None, id="not-an-object"),
+    pytest.param(lambda ex, tx: json.dumps([tx, 5]).encode(), 422, None, id="batch-with-a-number"),
+    pytest.param(lambda ex, tx: json.dumps(tx | {ex.first("numeric").name: None}).encode(), 422,
+                 lambda ex: {ex.first("numeric").name}, id="null-number"),
+    pytest.param(lambda ex, tx: json.dumps(tx | {ex.first("numeric").name: None,
+                                                ex.first("categorical").name: "moon"}).encode(), 422,
+                 lambda ex: {ex.first("numeric").name, ex.first("categorical").name},
+                 id="null-number-and-bad-category"),
+    pytest.param(lambda ex, tx: json.dumps(tx | {"nope": 1}).encode(), 422, lambda ex: {"nope"}, id="unknown-field"),
+]
+
+
+@pytest.mark.parametrize("body,status,fields", REFUSALS)
+def test_parse_refuses_with_the_right_status(example, body, status, fields):
+    raw = body(example, example.records(1, seed=3)[0])
     with pytest.raises(ApiError) as exc:
-        parse_predict_body(body, 10)
+        parse_predict_body(raw, 10)
     assert exc.value.status == status
-    if fields:
-        assert {d["field"] for d in exc.value.detail} == fields
+    if fields is not None:
+        assert {d["field"] for d in exc.value.detail} == fields(example)
 
 
 # --- every answer names its worker ------------------------------------------------------------------
