@@ -1,4 +1,4 @@
-"""PyTorch MLP fraud scorer (port 8002): `bentoml serve bentos.torch_scorer:TorchScorer -p 8002`.
+"""PyTorch MLP scorer (port 8002): `bentoml serve bentos.torch_scorer:TorchScorer -p 8002`.
 Runs on CUDA where there is one (HEALMESH_TORCH_DEVICE=auto), on the CPU otherwise."""
 
 import bentoml

@@ -1,4 +1,4 @@
-"""XGBoost fraud scorer (port 8001): `bentoml serve bentos.xgboost_scorer:XGBoostScorer -p 8001`."""
+"""XGBoost scorer (port 8001): `bentoml serve bentos.xgboost_scorer:XGBoostScorer -p 8001`."""
 
 import bentoml
 

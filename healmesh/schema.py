@@ -3,7 +3,7 @@
 A ``Schema`` is built from a project's declaration and is everything that reads a feature:
 request validation (``transaction``), file and frame validation (``validate_frame``), the
 model encoding (``encoder``), the fallback rules, drift detection and the reports.
-``active()`` is the schema of ``HEALMESH_PROJECT`` (the fraud example without it); code that
+``active()`` is the schema of ``HEALMESH_PROJECT`` (the bundled first example without it); code that
 serves one process's project calls it, code that must work for any project takes a ``Schema``.
 """
 

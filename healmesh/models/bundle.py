@@ -54,7 +54,7 @@ class BundleMeta:
         return cls(**raw)
 
 
-class FraudModel(Protocol):
+class BinaryModel(Protocol):
     kind: ClassVar[str]
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray: ...
@@ -62,7 +62,7 @@ class FraudModel(Protocol):
     def save_weights(self, directory: Path) -> None: ...
 
     @classmethod
-    def load_weights(cls, directory: Path, meta: BundleMeta) -> FraudModel: ...
+    def load_weights(cls, directory: Path, meta: BundleMeta) -> BinaryModel: ...
 
 
 class IncompatibleBundle(HealmeshError, RuntimeError):
@@ -77,7 +77,7 @@ def _active_schema() -> Any:
 
 @dataclass(frozen=True)
 class Bundle:
-    model: FraudModel
+    model: BinaryModel
     meta: BundleMeta
     # the project's encoder, taken once (the fingerprint check made sure it is the version's)
     encoder: features.Encoder = field(default_factory=features.active)
@@ -95,7 +95,7 @@ class Bundle:
         return Calibrator.from_dict(dict(self.meta.calibrator)) if self.meta.calibrator else None
 
 
-def _adapter(kind: str) -> type[FraudModel]:
+def _adapter(kind: str) -> type[BinaryModel]:
     # deferred imports: loading an XGBoost bundle must not import torch, and vice versa
     if kind == "xgboost":
         from healmesh.models.xgb import XGBoostModel
@@ -108,7 +108,7 @@ def _adapter(kind: str) -> type[FraudModel]:
     raise IncompatibleBundle(f"unknown model kind {kind!r}")
 
 
-def save_bundle(model: FraudModel, meta: BundleMeta, directory: str | Path) -> Path:
+def save_bundle(model: BinaryModel, meta: BundleMeta, directory: str | Path) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     model.save_weights(d)
