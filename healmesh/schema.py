@@ -143,13 +143,21 @@ class Schema:
         mapping = {f.column: f.name for f in self.features if f.column and f.column != f.name}
         return df.rename(columns=mapping) if mapping and set(mapping) & set(df.columns) else df
 
+    def validate_raw(self, df: pd.DataFrame, *, require_label: bool = False) -> pd.DataFrame:
+        """``validate_frame`` for a user's data file as it comes: its columns renamed to the features'
+        names (``column:``) and its label's classes made 0/1 (1: the project's positive class)."""
+        df = self.rename_columns(df)
+        if self.label in df.columns:
+            df = df.assign(**{self.label: self.binary_labels(df[self.label])})
+        return self.validate_frame(df, require_label=require_label)
+
     def validate_frame(self, df: pd.DataFrame, *, require_label: bool = False) -> pd.DataFrame:
-        """Check every feature column of ``df``; return a copy with schema dtypes. The label, when
-        present, becomes 0/1 (1: the project's positive class).
+        """Check every feature column of ``df``; return a copy with schema dtypes. A label, when
+        present, must be 0/1 already: inside the mesh (the feature log, the feedback API, training
+        sets) 1 is the positive class; a data file's own classes go through ``validate_raw``.
 
         Rows are numbered from 0 in the order of the file (the first data row is row 0).
         """
-        df = self.rename_columns(df)
         required = list(self.feature_names) + ([self.label] if require_label else [])
         for name in required:
             if name not in df.columns:
@@ -178,7 +186,10 @@ class Schema:
             else:
                 out[f.name] = arr
         if self.label in df.columns:
-            out[self.label] = self.binary_labels(df[self.label])
+            labels = pd.to_numeric(df[self.label], errors="coerce")
+            bad = ~labels.isin([0, 1]).to_numpy()
+            _raise_first(self.label, bad, df[self.label], "label must be 0 or 1")
+            out[self.label] = labels.astype(np.int64)
         return out
 
     def binary_labels(self, col: pd.Series) -> pd.Series:

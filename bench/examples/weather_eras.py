@@ -84,7 +84,7 @@ def load() -> Data:
     p = project.load(PROJECT)
     schema = Schema.from_project(p)
     assert p.data.path is not None and p.data.rows is not None
-    frame = schema.validate_frame(read_table(p.resolve(p.data.path)), require_label=True)
+    frame = schema.validate_raw(read_table(p.resolve(p.data.path)), require_label=True)
     stop = p.data.rows[1]
     assert stop is not None
     return Data(schema, frame.reset_index(drop=True), stop)

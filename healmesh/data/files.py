@@ -67,7 +67,7 @@ def load_transactions(path: str | Path, *, require_label: bool = False,
     Raises ``healmesh.schema.SchemaError`` naming the column and the first bad row
     (rows are counted from 0, the first data row, in file order).
     """
-    return schema.active().validate_frame(select_rows(read_table(path), rows), require_label=require_label)
+    return schema.active().validate_raw(select_rows(read_table(path), rows), require_label=require_label)
 
 
 def training_frame(project: Project, *, rows: int | None = None, seed: int = 0) -> pd.DataFrame:

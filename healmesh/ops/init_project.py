@@ -332,7 +332,7 @@ def _write_atomically(out: Path, text: str, frame: pd.DataFrame) -> None:
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would make the project file private
         # beside the output, so the relative data path resolves as it will from the file itself
         loaded = project.load(tmp)
-        Schema.from_project(loaded).validate_frame(frame, require_label=True)
+        Schema.from_project(loaded).validate_raw(frame, require_label=True)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

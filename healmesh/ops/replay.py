@@ -308,7 +308,7 @@ def load_rows(path: str | Path, rows: tuple[int, int | None] | None = None, limi
     known = {*s.feature_names, s.label, *([s.entity_key] if s.entity_key else [])}
     ignored = tuple(c for c in s.rename_columns(raw).columns if c not in known)
     try:
-        frame = s.validate_frame(raw, require_label=True)
+        frame = s.validate_raw(raw, require_label=True)
     except schema.SchemaError as exc:
         hint = f"; the file's columns the project does not declare: {', '.join(ignored)}" if ignored else ""
         raise InvalidData(f"{path} does not fit the project's schema: {exc}{hint}") from exc

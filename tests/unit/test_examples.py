@@ -88,6 +88,6 @@ def test_weather_later_period_validates_against_the_declared_ranges():
     start, stop = p.data.rows
     assert start == 0 and stop is not None
     later = select_rows(read_table(p.resolve(p.data.path or "")), (stop, None))
-    frame = Schema.from_project(p).validate_frame(later, require_label=True)
+    frame = Schema.from_project(p).validate_raw(later, require_label=True)
     assert len(frame) == WEATHER_ROWS - stop
     assert set(frame[p.label.column].unique()) == {0, 1}

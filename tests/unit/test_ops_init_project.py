@@ -179,7 +179,7 @@ def test_the_written_file_loads_and_accepts_its_own_data(data, tmp_path):
     assert p.data.path == "../My Data-2024.csv" and p.resolve(p.data.path) == str(data["path"].resolve())
     by_source = {f.source: f for f in p.features}
     assert by_source[data["spaced"]].column == data["spaced"]
-    checked = Schema.from_project(p).validate_frame(read_table(data["path"]), require_label=True)
+    checked = Schema.from_project(p).validate_raw(read_table(data["path"]), require_label=True)
     assert checked["outcome"].tolist() == (data["frame"]["outcome"] == "yes").astype(int).tolist()
     assert by_source[data["spaced"]].name in checked.columns
     # every guess is in the header, as a comment
@@ -203,7 +203,7 @@ def test_a_parquet_file_with_typed_columns(tmp_path):
     p = project.load(out)
     assert p.label.positive == 1 and p.label.negative == 0
     assert {f.name: f.type.value for f in p.features} == {"amount": "numeric", "n": "integer", "flag": "categorical"}
-    checked = Schema.from_project(p).validate_frame(read_table(path), require_label=True)
+    checked = Schema.from_project(p).validate_raw(read_table(path), require_label=True)
     assert checked["bad"].tolist() == frame["bad"].astype(int).tolist()
 
 
@@ -225,7 +225,7 @@ def test_the_cli_end_to_end(data, tmp_path, capsys):
     assert f"wrote {out}" in err and "looks like an id or free text" in err and "--positive" in err
     p = project.load(out)
     assert (p.name, p.label.positive, p.label.negative, p.entity_key) == ("e2e", "no", "yes", data["key"])
-    Schema.from_project(p).validate_frame(read_table(data["path"]), require_label=True)
+    Schema.from_project(p).validate_raw(read_table(data["path"]), require_label=True)
     assert cli.main(argv) == 1
     assert "exists" in capsys.readouterr().err
     assert cli.main([*argv, "--force", "--label", "nope"]) == 2

@@ -154,3 +154,24 @@ def test_validate_frame_casts_integers(example):
     out = example.schema.validate_frame(df)
     assert out[name].dtype.kind == "i"
     assert isinstance(out, pd.DataFrame)
+
+
+def test_a_data_files_own_label_classes_become_0_1_once_and_stay_valid_inside_the_mesh(tmp_path):
+    """A project whose label is yes/no: its data file goes through validate_raw (yes -> 1); what the
+    mesh then holds (training splits, the feature log's frames) has 0/1 and validates as it is.
+    Mapping it a second time failed every `up` of such a project ("value 0 is not the positive
+    class 'yes'"), and would have failed every retrain on the feature log's labels."""
+    from healmesh import project
+
+    p = project.parse({"name": "yesno", "features": [{"name": "x", "type": "numeric", "min": 0, "max": 1}],
+                       "label": {"column": "Outcome", "positive": "yes", "negative": "no"},
+                       "data": {"path": "d.csv"}}, path=tmp_path / "p.yaml")
+    s = schema.Schema.from_project(p)
+    raw = pd.DataFrame({"x": ["0.1", "0.9", "0.5"], "Outcome": ["yes", "no", "yes"]})
+    inside = s.validate_raw(raw, require_label=True)
+    assert inside["Outcome"].tolist() == [1, 0, 1]
+    assert s.validate_frame(inside, require_label=True)["Outcome"].tolist() == [1, 0, 1]
+    with pytest.raises(SchemaError, match="'Outcome'.*label must be 0 or 1"):
+        s.validate_frame(raw, require_label=True)  # a file's own classes are not the mesh's 0/1
+    with pytest.raises(SchemaError, match="'Outcome', row 1.*'maybe'"):
+        s.validate_raw(raw.assign(Outcome=["yes", "maybe", "no"]), require_label=True)
