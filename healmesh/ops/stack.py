@@ -419,20 +419,40 @@ def up(train_rows: int | None = None, airflow: bool = True, profile: Profile = P
         return 1
     print(f"{'supervisor':<9} pid {sup.pid()}  (log: {settings.home / 'logs' / 'supervisor.log'})")
     os.environ["MLFLOW_TRACKING_URI"] = mesh.tracking  # the training below uses it
+    if code := _start_groups(settings, sup, mesh, profile, train_rows, frame):
+        # a start that stopped partway leaves nothing running: a second `up` would otherwise find
+        # the supervisor, take the mesh for up and start only what this one had reached
+        print("healmesh up: stopping what this up started (its logs stay in "
+              f"{settings.home / 'logs'})", file=sys.stderr)
+        down(settings)
+        return code
+    print(f"secrets (0600): admin token {secret_path(settings, credentials.ADMIN_TOKEN)} (or HEALMESH_ADMIN_TOKEN), "
+          f"labeller token {secret_path(settings, credentials.LABELLER_TOKEN)} (or HEALMESH_LABELLER_TOKEN)")
+    _settle(settings)
+    return status(settings)
+
+
+def _start_groups(settings: Settings, sup: Supervisor, mesh: Plan, profile: Profile, train_rows: int | None,
+                  frame: pd.DataFrame | None) -> int:
+    """Start the plan's groups in order (training before the scorers when there is no model yet);
+    the first failure's code, or 0."""
+    from healmesh.errors import ConfigError, InvalidData
+
     for i, group in enumerate(mesh.groups):
         if i == 1 and not models_available(settings):
             print("no trained model yet: training first", file=sys.stderr)
-            train_first(settings, train_rows, frame)
+            try:
+                train_first(settings, train_rows, frame)
+            except (ConfigError, InvalidData) as exc:
+                print(f"healmesh up: training failed: {exc}", file=sys.stderr)
+                return 1
         if mesh.airflow and group is mesh.groups[-1] and (code := _migrate_airflow(settings, group[0].env)):
             return code
         if code := _start_group(settings, sup, group):
             return code
         if i == 0 and profile is Profile.CLUSTER:
             cluster.ensure_bucket(settings)
-    print(f"secrets (0600): admin token {secret_path(settings, credentials.ADMIN_TOKEN)} (or HEALMESH_ADMIN_TOKEN), "
-          f"labeller token {secret_path(settings, credentials.LABELLER_TOKEN)} (or HEALMESH_LABELLER_TOKEN)")
-    _settle(settings)
-    return status(settings)
+    return 0
 
 
 def _settle(settings: Settings, timeout_s: float = 60.0) -> None:
