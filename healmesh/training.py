@@ -46,6 +46,9 @@ class TrainConfig:
     # move `champion` to the new versions even when a champion exists
     promote: bool = False
     tags: dict[str, str] = field(default_factory=dict)
+    # a booster file saved elsewhere (`healmesh import-model`): used as the XGBoost model instead of
+    # fitting one, tagged healmesh.trigger=import and promoted; the MLP is still trained
+    xgboost_model: Path | None = None
 
 
 @dataclass
@@ -117,12 +120,30 @@ def fit_xgboost(train: pd.DataFrame, val: pd.DataFrame, seed: int) -> tuple[Any,
                              calibrator=Calibrator.fit(yv, pv).to_dict())
 
 
+def import_xgboost(path: Path, val: pd.DataFrame) -> tuple[Any, BundleMeta]:
+    """A booster trained elsewhere (``XGBoostModel.from_file`` checks it takes the project's columns),
+    with its threshold and calibrator chosen on ``val`` as for a fitted one."""
+    from healmesh.models.xgb import XGBoostModel
+
+    model = XGBoostModel.from_file(path, features.active().encoded_names)
+    Xv, yv = features.encode_frame(val), val[schema.active().label].to_numpy()
+    pv = model.predict_proba(Xv)
+    return model, BundleMeta(kind="xgboost", threshold=decision_threshold(yv, pv),
+                             params={"imported_from": Path(path).name},
+                             calibrator=Calibrator.fit(yv, pv).to_dict())
+
+
 def fit_models(data: Split, config: TrainConfig, settings: Settings,
                progress: Progress) -> dict[str, tuple[Any, BundleMeta]]:
     from healmesh.models.mlp import MLPModel
 
-    progress("fit xgboost")
-    out: dict[str, tuple[Any, BundleMeta]] = {"xgboost": fit_xgboost(data.train, data.val, config.seed)}
+    out: dict[str, tuple[Any, BundleMeta]] = {}
+    if config.xgboost_model is not None:
+        progress("import xgboost")
+        out["xgboost"] = import_xgboost(config.xgboost_model, data.val)
+    else:
+        progress("fit xgboost")
+        out["xgboost"] = fit_xgboost(data.train, data.val, config.seed)
     progress("fit mlp")
     X, y = features.encode_frame(data.train), data.train[schema.active().label].to_numpy()
     Xv, yv = features.encode_frame(data.val), data.val[schema.active().label].to_numpy()
@@ -140,16 +161,20 @@ def fit_models(data: Split, config: TrainConfig, settings: Settings,
 
 def train(df: pd.DataFrame, settings: Settings, config: TrainConfig = TrainConfig(),
           progress: Progress = lambda _: None) -> TrainReport:
-    """Train, evaluate and (unless told not to) log, register and store both models."""
+    """Train, evaluate and (unless told not to) log, register and store both models. With
+    ``config.xgboost_model`` the XGBoost model is that file's (evaluated like a fitted one), the runs
+    are tagged ``healmesh.trigger=import`` and both new versions become champion."""
     S = schema.active()
+    if config.xgboost_model is not None:
+        config = replace(config, promote=True, tags={**config.tags, "healmesh.trigger": "import"})
     df = S.validate_frame(df, require_label=True)
     if df[S.label].nunique() < 2:
         raise InvalidData(f"training data needs both classes of {S.label!r} (positive {S.positive!r}), "
                           f"but has only {df[S.label].iloc[0]}")
     progress("split")
     data = split(df, config)
+    fitted = fit_models(data, config, settings, progress)  # first: a refused import writes no distilled rules
     ruleset = fallback_rules(data, config, settings)
-    fitted = fit_models(data, config, settings, progress)
 
     progress("evaluate")
     y_hold = data.holdout[S.label].to_numpy()

@@ -4,6 +4,6 @@ matrix, save to and load from a *bundle* directory (``meta.json`` plus native we
 Framework imports stay inside ``xgb`` and ``mlp``: importing this package pulls in neither.
 """
 
-from healmesh.models.bundle import BundleMeta, BinaryModel, load_bundle, save_bundle
+from healmesh.models.bundle import BinaryModel, BundleMeta, load_bundle, save_bundle
 
 __all__ = ["BundleMeta", "BinaryModel", "load_bundle", "save_bundle"]

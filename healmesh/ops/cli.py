@@ -130,6 +130,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_model(args: argparse.Namespace) -> int:
+    from healmesh import project
+    from healmesh.data import load_transactions
+    from healmesh.data.files import training_frame
+    from healmesh.settings import get_settings
+    from healmesh.training import TrainConfig, format_report, train
+
+    steps = ["data", "split", "import xgboost", "fit mlp", "evaluate", "log xgboost to mlflow",
+             "save xgboost to bentoml", "log mlp to mlflow", "save mlp to bentoml"]
+    with tqdm(total=len(steps), desc="import", unit="step", file=sys.stderr) as bar:
+        def progress(step: str) -> None:
+            bar.set_postfix_str(step)
+            bar.update(1)
+
+        progress("data")  # --data, else the project's own training data
+        frame = load_transactions(args.data, require_label=True) if args.data else training_frame(project.active())
+        config = TrainConfig(xgboost_model=Path(args.xgboost))  # train() tags it import and promotes
+        report = train(frame, get_settings(), config, progress=progress)
+        bar.update(bar.total - bar.n)
+    print(format_report(report.to_dict()))
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from healmesh.ops import stack
     from healmesh.ops.cluster import Profile
@@ -270,6 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="also write the report as JSON here")
     _add_data_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("import-model", help="register an XGBoost model trained elsewhere as champion (the MLP "
+                                            "is trained beside it)")
+    p.add_argument("--xgboost", required=True, metavar="FILE",
+                   help="a booster saved with save_model (.json or .ubj), binary:logistic, on the project's "
+                        "encoded columns (numeric features, then one `feature=category` column per category)")
+    p.add_argument("--data", metavar="FILE",
+                   help="a CSV or Parquet with the project's features and label, for the threshold, calibration "
+                        "and holdout metrics and the MLP (else the project's data)")
+    p.set_defaults(func=cmd_import_model)
 
     p = sub.add_parser("up", help="train if needed and start the scorers in the background")
     p.add_argument("--n", type=int, default=None,

@@ -102,3 +102,58 @@ def test_up_trains_when_the_registry_answers_without_a_champion(trained, tmp_pat
     assert not stack.models_available(s)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # no registry answers
     assert stack.models_available(s)  # the scorers serve their built-in models
+
+
+def test_an_imported_xgboost_model_becomes_champion_and_serves_its_own_predictions(settings: Settings, tmp_path):
+    """`healmesh import-model`: a booster trained outside healmesh (plain xgboost on the project's encoded
+    columns) is registered as champion over an existing one, predicts as it did, and the MLP is trained
+    beside it. Registered names of its own: the session's champions stay where other tests expect them."""
+    import xgboost as xgb
+
+    from healmesh.errors import InvalidData
+
+    own = settings.model_copy(update={"xgb_registered_name": "import-test-xgboost",
+                                      "mlp_registered_name": "import-test-mlp"})
+    S = schema.active()
+    names = list(S.encoder.encoded_names)
+    outside = generate(8_000, seed=12)
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 4, "eta": 0.2, "seed": 3},
+                        xgb.DMatrix(S.encoder.encode_frame(outside), label=outside[S.label].to_numpy(),
+                                    feature_names=names), num_boost_round=60)
+    path = tmp_path / "theirs.ubj"
+    booster.save_model(str(path))
+
+    data = generate(12_000, seed=11)
+    first = train(data, own, TrainConfig(seed=11, mlp_epochs=1, save_to_bentoml=False))
+    assert first.models["xgboost"].champion and first.models["xgboost"].version == "1"
+    report = train(data, own, TrainConfig(seed=11, mlp_epochs=1, save_to_bentoml=False, xgboost_model=path))
+
+    client = MlflowClient(own.tracking_uri)
+    for kind, name in (("xgboost", own.xgb_registered_name), ("mlp", own.mlp_registered_name)):
+        result = report.models[kind]
+        assert result.champion and result.version == "2"  # promoted over version 1
+        champion = registry.version_by_alias(own, name, "champion")
+        assert champion is not None and champion.version == "2"
+        run = client.get_run(champion.run_id)
+        assert run.data.tags["healmesh.trigger"] == "import"
+        assert run.data.metrics["holdout_roc_auc"] == pytest.approx(result.metrics["roc_auc"])
+    xgb_run = client.get_run(report.models["xgboost"].run_id)
+    assert xgb_run.data.params["imported_from"] == "theirs.ubj" and "num_trees" not in xgb_run.data.params
+
+    rows = generate(500, seed=99)
+    bundle = registry.load_version(own, own.xgb_registered_name, "2")
+    assert bundle.meta.params == {"imported_from": "theirs.ubj"} and bundle.meta.calibrator is not None
+    assert 0 < bundle.meta.threshold < 1
+    expected = booster.inplace_predict(S.encoder.encode_frame(rows)).astype(np.float64)
+    np.testing.assert_allclose(bundle.predict_frame(rows), expected, rtol=0, atol=1e-7)
+    assert report.models["xgboost"].metrics["roc_auc"] > 0.85
+    mlp = registry.load_version(own, own.mlp_registered_name, "2")
+    assert mlp.meta.kind == "mlp" and mlp.predict_frame(rows).shape == (500,)
+
+    # a model on other columns is refused before anything is registered
+    short = xgb.train({"objective": "binary:logistic"}, xgb.DMatrix(S.encoder.encode_frame(outside)[:, :-1],
+                                                                     label=outside[S.label].to_numpy()), 2)
+    short.save_model(str(tmp_path / "short.json"))
+    with pytest.raises(InvalidData, match=f"takes {len(names) - 1} features"):
+        train(data, own, TrainConfig(mlp_epochs=1, save_to_bentoml=False, xgboost_model=tmp_path / "short.json"))
+    assert registry.version_by_alias(own, own.xgb_registered_name, "champion").version == "2"

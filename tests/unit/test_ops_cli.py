@@ -62,7 +62,8 @@ def test_generate_and_schema(tmp_path):
     assert [f["name"] for f in described] == list(schema.active().feature_names)
 
 
-@pytest.mark.parametrize("cmd", ["sample", "generate", "train", "up", "down", "status", "schema"])
+@pytest.mark.parametrize("cmd", ["sample", "generate", "train", "import-model", "init", "replay", "up", "down",
+                                 "status", "schema"])
 def test_every_subcommand_has_help(cmd):
     assert run(cmd, "--help").returncode == 0
 
