@@ -220,6 +220,7 @@ class Project(BaseModel):
     gate: dict[str, Any] = Field(default_factory=dict)
     # where the file was read from: relative paths inside it are relative to its folder
     base_dir: Path = Field(default=Path("."), exclude=True)
+    source: Path = Field(default=Path("healmesh.yaml"), exclude=True)
 
     @field_validator("threshold")
     @classmethod
@@ -283,7 +284,7 @@ def parse(raw: Any, *, path: Path) -> Project:
     if not isinstance(raw, dict):
         raise ProjectError(f"{path}: the file must hold a mapping (name, features, label, data, ...)")
     try:
-        return Project.model_validate({**raw, "base_dir": path.resolve().parent})
+        return Project.model_validate({**raw, "base_dir": path.resolve().parent, "source": path})
     except ValidationError as e:
         raise ProjectError(_format_error(path, e)) from None
 

@@ -437,7 +437,7 @@ def check_project_overrides(p: Any) -> None:
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(x) for x in first["loc"])
-            raise ProjectError(f"{p.base_dir}: {section}.{where}: {first['msg']}") from None
+            raise ProjectError(f"{p.source}: {section}.{where}: {first['msg']}") from None
 
 
 @lru_cache(maxsize=1)

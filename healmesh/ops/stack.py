@@ -361,11 +361,17 @@ def check_project(rows: int | None) -> pd.DataFrame | None:
     data file's validated rows (None for a generated project: its rows are made when needed)."""
     from healmesh import project
     from healmesh.data.files import training_frame
+    from healmesh.errors import InvalidData
     from healmesh.settings import check_project_overrides
 
     p = project.active()
     check_project_overrides(p)
-    return training_frame(p) if p.data.path is not None else None
+    if p.data.path is None:
+        return None
+    try:
+        return training_frame(p)
+    except InvalidData as exc:  # name the file and the project that declares it
+        raise InvalidData(f"{p.data.path} (the data of {p.source}): {exc}") from None
 
 
 def train_first(settings: Settings, rows: int | None, frame: pd.DataFrame | None = None) -> None:

@@ -4,25 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import pytest
 
+from healmesh import project, rules
 from healmesh.data import generate
 from healmesh.ops import procs
-from healmesh.settings import Settings
+from healmesh.schema import Schema
+from healmesh.settings import Settings, get_settings
 from healmesh.training import TrainConfig, train
 from healmesh.urls import local_url
 
-from .conftest import TOKEN, scorer_env, start_scorer
+from .conftest import ROOT, TOKEN, scorer_env, start_scorer
 from .load import hammer, run, transactions
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MODEL_NAMES = {"xgboost": "xgboost", "pytorch": "mlp", "fallback": "rules"}
+EXAMPLES = {"fraud": ROOT / "examples" / "fraud" / "healmesh.yaml",
+            "weather": ROOT / "examples" / "weather" / "healmesh.yaml"}
 
 
 def batch_histogram(metrics_text: str, method: str = "predict") -> dict[str, float]:
@@ -132,13 +141,89 @@ def _maps(pid: int) -> set[str]:
     return paths
 
 
-def test_fallback_process_loads_no_ml_framework(scorers):
-    def ml_libs(pid: int) -> set[str]:
-        return {p for p in _maps(pid) if re.search(r"libtorch|libxgboost|/torch/|/xgboost/", p)}
+# what a process maps once it imported the framework (compiled extensions and shared libraries)
+ML_FRAMEWORKS = {"xgboost": r"libxgboost|/xgboost/", "torch": r"libtorch|/torch/",
+                 "sklearn": r"/sklearn/|/scikit_learn\.libs/"}
 
-    assert ml_libs(scorers["fallback"].popen.pid) == set()
-    assert ml_libs(scorers["xgboost"].popen.pid), "control: the XGBoost scorer maps libxgboost"
-    assert ml_libs(scorers["pytorch"].popen.pid), "control: the PyTorch scorer maps libtorch"
+
+def ml_libs(paths: set[str]) -> dict[str, set[str]]:
+    """The mapped files of each ML framework (only the frameworks with any)."""
+    found = {name: {p for p in paths if re.search(pattern, p)} for name, pattern in ML_FRAMEWORKS.items()}
+    return {name: hits for name, hits in found.items() if hits}
+
+
+@dataclass
+class ExampleFallback:
+    """A fallback scorer serving one example project, and the rules the gateway's last resort uses for it."""
+
+    server: procs.ServerProcess
+    ruleset: rules.RuleSet
+    rows: list[dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def weather_fallback(trained, mlflow_url: str, session_dir: Path) -> Iterator[ExampleFallback]:
+    """The weather example (no rules written): trained here, so that training distils its rules into
+    the session's HEALMESH_HOME, then a fallback scorer with HEALMESH_PROJECT and that same home."""
+    from healmesh.data.files import training_frame
+
+    settings = get_settings()  # cached under the session's project before it is switched below
+    path = EXAMPLES["weather"]
+    weather = project.load(path)
+    assert not weather.fallback.rules, "the weather example writes no rules: its scorer serves distilled ones"
+    fingerprint = Schema.from_project(weather).fingerprint()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(project.ENV_VAR, str(path))
+        frame = training_frame(project.active())
+        report = train(frame, Settings(), TrainConfig(seed=0, mlp_epochs=2, register=False, save_to_bentoml=False))
+    assert report.rules_origin == "distilled"
+    assert rules.distilled_path(settings.home, fingerprint).is_file()
+    ruleset = rules.for_project(weather, settings.home, fingerprint)
+    # rows spread over the training period, features only, as a client posts them
+    rows = [{name: float(row[name]) for name in weather.feature_names} for _, row in frame.iloc[::97].iterrows()]
+    server = start_scorer("fallback", session_dir,
+                          scorer_env(mlflow_url, HEALMESH_PROJECT=str(path), HEALMESH_HOME=str(settings.home)),
+                          tag="-weather")
+    try:
+        yield ExampleFallback(server, ruleset, rows)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def example_fallback(request, scorers) -> ExampleFallback:
+    """The fallback scorer of ``request.param`` (an example name), with its rules and rows to score."""
+    if request.param == "weather":
+        return request.getfixturevalue("weather_fallback")
+    fraud = project.load(EXAMPLES["fraud"])
+    ruleset = rules.for_project(fraud, get_settings().home, Schema.from_project(fraud).fingerprint())
+    rows = [{k: v for k, v in r.items() if k in fraud.feature_names} for r in transactions(200, seed=5)]
+    return ExampleFallback(scorers["fallback"], ruleset, rows)
+
+
+@pytest.mark.parametrize("example_fallback", list(EXAMPLES), indirect=True)
+def test_fallback_process_loads_no_ml_framework(example_fallback, scorers):
+    assert ml_libs(_maps(example_fallback.server.popen.pid)) == {}
+    # controls: each pattern finds its framework where it is loaded
+    assert "xgboost" in ml_libs(_maps(scorers["xgboost"].popen.pid)), "control: the XGBoost scorer maps libxgboost"
+    assert "torch" in ml_libs(_maps(scorers["pytorch"].popen.pid)), "control: the PyTorch scorer maps libtorch"
+    own = {m.path for m in psutil.Process(os.getpid()).memory_maps()}
+    assert "sklearn" in ml_libs(own), "control: this process (it imported healmesh.training) maps scikit-learn"
+
+
+@pytest.mark.parametrize("example_fallback", list(EXAMPLES), indirect=True)
+def test_the_served_fallback_answers_the_rules_the_gateway_falls_back_to(example_fallback):
+    """The fallback scorer scores with the very rules ``rules.for_project`` gives the gateway's last resort
+    (for weather: the ones training distilled), row for row."""
+    fb = example_fallback
+    expected = fb.ruleset.score_records(fb.rows)
+    assert len(set(expected.round(9))) > 1, "rows that all score the same would prove little"
+    r = httpx.post(fb.server.url + "/predict", json={"rows": fb.rows}, timeout=30)
+    assert r.status_code == 200, r.text[:500]
+    answers = r.json()
+    assert [a["probability"] for a in answers] == pytest.approx(list(expected), abs=1e-9)
+    assert [a["label"] for a in answers] == [int(p >= fb.ruleset.threshold) for p in expected]
+    assert {(a["model"], a["model_version"]) for a in answers} == {(rules.MODEL_NAME, fb.ruleset.version)}
 
 
 def test_torch_scorer_uses_cuda_where_there_is_one(scorers):
