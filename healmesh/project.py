@@ -105,7 +105,7 @@ class LabelSpec(BaseModel):
 class DataSpec(BaseModel):
     model_config = _STRICT
 
-    # a CSV or Parquet file (relative to the project file), an s3:// URI, or
+    # a CSV or Parquet file (relative to the project file; no s3:// yet: copy it here), or
     # pkg:<package>/<path> for a file a Python package ships
     path: str | None = None
     # a Python file (relative to the project file) with generate(n, *, seed, drift): synthetic data

@@ -1,6 +1,6 @@
 """A user's own data from CSV or Parquet, checked against the project's schema.
 
-A path is a local file, an ``s3://`` URI (the archive's S3 settings), or ``pkg:<package>/<path>``:
+A path is a local file or ``pkg:<package>/<path>``:
 a file a Python package ships (found without importing the package).
 """
 
