@@ -99,57 +99,54 @@ def cmd_init(args: argparse.Namespace) -> int:
                             entity_key=args.entity_key, name=args.name, force=args.force)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from healmesh import project
-    from healmesh.data import load_transactions
-    from healmesh.data.files import training_frame
+def _train_with_bar(desc: str, first_model: str, frame_of: Any, config: Any) -> dict[str, Any]:
+    """`train` and `import-model`: the data (``frame_of()``), then training with a step bar; the report."""
     from healmesh.settings import get_settings
-    from healmesh.training import TrainConfig, format_report, train
+    from healmesh.training import format_report, train
 
-    steps = ["data", "split", "fit xgboost", "fit mlp", "evaluate", "log xgboost to mlflow",
+    steps = ["data", "split", f"{first_model} xgboost", "fit mlp", "evaluate", "log xgboost to mlflow",
              "save xgboost to bentoml", "log mlp to mlflow", "save mlp to bentoml"]
-    with tqdm(total=len(steps), desc="train", unit="step", file=sys.stderr) as bar:
+    with tqdm(total=len(steps), desc=desc, unit="step", file=sys.stderr) as bar:
         def progress(step: str) -> None:
             bar.set_postfix_str(step)
             bar.update(1)
 
         progress("data")
-        if args.data:
-            frame = load_transactions(args.data, require_label=True)
-        elif args.n is not None or any((args.shift, args.concept_drift, args.positive_rate)):
-            frame = _generated(args)
-        else:  # the project's own training data
-            frame = training_frame(project.active(), seed=args.seed)
-        config = TrainConfig(seed=args.seed, register=not args.no_register, promote=args.promote,
-                             tags={"healmesh.trigger": "cli"})
-        report = train(frame, get_settings(), config, progress=progress)
+        report = train(frame_of(), get_settings(), config, progress=progress).to_dict()
         bar.update(bar.total - bar.n)
-    print(format_report(report.to_dict()))
+    print(format_report(report))
+    return report
+
+
+def _project_frame(data: str | None, seed: int = 0) -> Any:
+    """``--data`` (a CSV or Parquet with the project's features and label), else the project's own."""
+    from healmesh import project
+    from healmesh.data import load_transactions
+    from healmesh.data.files import training_frame
+
+    return load_transactions(data, require_label=True) if data else training_frame(project.active(), seed=seed)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from healmesh.training import TrainConfig
+
+    generated = args.data is None and (args.n is not None or any((args.shift, args.concept_drift,
+                                                                   args.positive_rate)))
+    config = TrainConfig(seed=args.seed, register=not args.no_register, promote=args.promote,
+                         tags={"healmesh.trigger": "cli"})
+    report = _train_with_bar("train", "fit", lambda: _generated(args) if generated
+                             else _project_frame(args.data, args.seed), config)
     if args.report:
-        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2))
+        Path(args.report).write_text(json.dumps(report, indent=2))
     return 0
 
 
 def cmd_import_model(args: argparse.Namespace) -> int:
-    from healmesh import project
-    from healmesh.data import load_transactions
-    from healmesh.data.files import training_frame
-    from healmesh.settings import get_settings
-    from healmesh.training import TrainConfig, format_report, train
+    from healmesh.training import TrainConfig
 
-    steps = ["data", "split", "import xgboost", "fit mlp", "evaluate", "log xgboost to mlflow",
-             "save xgboost to bentoml", "log mlp to mlflow", "save mlp to bentoml"]
-    with tqdm(total=len(steps), desc="import", unit="step", file=sys.stderr) as bar:
-        def progress(step: str) -> None:
-            bar.set_postfix_str(step)
-            bar.update(1)
-
-        progress("data")  # --data, else the project's own training data
-        frame = load_transactions(args.data, require_label=True) if args.data else training_frame(project.active())
-        config = TrainConfig(xgboost_model=Path(args.xgboost))  # train() tags it import and promotes
-        report = train(frame, get_settings(), config, progress=progress)
-        bar.update(bar.total - bar.n)
-    print(format_report(report.to_dict()))
+    # train() tags the run import and promotes both models
+    _train_with_bar("import", "import", lambda: _project_frame(args.data),
+                    TrainConfig(xgboost_model=Path(args.xgboost)))
     return 0
 
 
