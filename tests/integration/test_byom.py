@@ -38,7 +38,9 @@ def test_init_up_and_replay_on_a_file_no_test_has_seen(tmp_path):
     ports = {k: procs.free_port() for k in ("redis", "mlflow", "gateway", "xgb", "torch", "fallback", "prometheus",
                                             "alertmanager")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEALMESH_") and k != "MLFLOW_TRACKING_URI"}
-    env.update({"HEALMESH_HOME": str(home), **{f"HEALMESH_{k.upper()}_PORT": str(v) for k, v in ports.items()}})
+    # its own BentoML store: its training must not replace the session's built-in models
+    env.update({"HEALMESH_HOME": str(home), "BENTOML_HOME": str(tmp_path / "bentoml"),
+                **{f"HEALMESH_{k.upper()}_PORT": str(v) for k, v in ports.items()}})
 
     def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "healmesh.ops.cli", *args], cwd=tmp_path, env=env,

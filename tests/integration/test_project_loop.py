@@ -28,6 +28,7 @@ import pytest
 from healmesh import project, registry, schema
 from healmesh.ops import procs
 from healmesh.settings import Settings, get_settings
+from healmesh.urls import local_url
 
 from .conftest import FAST_CANARY, ROOT
 
@@ -50,13 +51,13 @@ class Mesh:
                               capture_output=True, text=True, timeout=timeout)
 
     def settings(self, mp: pytest.MonkeyPatch, project_file: Path = WEATHER) -> Settings:
-        """This test process seeing the mesh as its processes do (their env, this project)."""
+        """This test process seeing the mesh as its processes do (their env, this project): its
+        MLflow named by port, not ``local_mlflow_uri``, which would be the session's MLflow when
+        another module set MLFLOW_TRACKING_URI (it registered into the session's registry)."""
         for k, v in {**self.env, project.ENV_VAR: str(project_file)}.items():
             if k.startswith(("HEALMESH_", "MLFLOW_")):
                 mp.setenv(k, v)
-        get_settings.cache_clear()
-        s = get_settings()
-        mp.setenv("MLFLOW_TRACKING_URI", s.local_mlflow_uri)
+        mp.setenv("MLFLOW_TRACKING_URI", local_url(int(self.env["HEALMESH_MLFLOW_PORT"])))
         get_settings.cache_clear()
         return get_settings()
 
@@ -69,7 +70,9 @@ def mesh(tmp_path_factory) -> Iterator[Mesh]:
     home = tmp_path_factory.mktemp("weather") / "home"
     names = ("gateway", "xgb", "torch", "fallback", "redis", "mlflow", "airflow", "prometheus", "alertmanager")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEALMESH_") and k != "MLFLOW_TRACKING_URI"}
-    env.update({"HEALMESH_HOME": str(home), **{f"HEALMESH_{k.upper()}_PORT": str(procs.free_port()) for k in names},
+    # its own BentoML store too: its training saves weather models as the session's healmesh-xgboost
+    env.update({"HEALMESH_HOME": str(home), "BENTOML_HOME": str(home.parent / "bentoml"),
+                **{f"HEALMESH_{k.upper()}_PORT": str(procs.free_port()) for k in names},
                 # no scheduled drift check (the demo triggers its own): once a year
                 "HEALMESH_DRIFT_SCHEDULE": "0 0 1 1 *",
                 # short canary stages; the gate is the real one, with the project file's floor
@@ -188,16 +191,20 @@ def test_a_version_trained_on_another_schema_is_refused_and_changes_nothing(mesh
     s = mesh.settings(monkeypatch)  # back to the weather project the mesh serves
     champion = registry.version_by_alias(s, s.xgb_registered_name, s.champion_alias)
     assert champion is not None and champion.version != foreign
+    assert s.tracking_uri == local_url(int(mesh.env["HEALMESH_MLFLOW_PORT"]))  # the mesh's registry, no other
     registry.set_alias(s, s.xgb_registered_name, s.challenger_alias, foreign)
     scorer = f"http://127.0.0.1:{s.xgb_port}"
     auth = {"Authorization": f"Bearer {mesh.token()}"}
     deadline = time.monotonic() + 120
     state: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        state = httpx.get(scorer + "/admin/state", headers=auth).json()
-        if "another feature schema" in str(state):
-            break
-        time.sleep(1)
+    try:
+        while time.monotonic() < deadline:
+            state = httpx.get(scorer + "/admin/state", headers=auth).json()
+            if "another feature schema" in str(state):
+                break
+            time.sleep(1)
+    finally:
+        registry.delete_alias(s, s.xgb_registered_name, s.challenger_alias)
     text = json.dumps(state)
     assert "another feature schema" in text and "retrain it" in text, state
     assert "it lacks dew_point" in text or "dew_point" in text, state
@@ -206,7 +213,6 @@ def test_a_version_trained_on_another_schema_is_refused_and_changes_nothing(mesh
     row = schema.Schema.from_project(project.load(WEATHER)).example_row()
     answer = httpx.post(scorer + "/predict", json={"rows": [row]})
     assert answer.status_code == 200 and answer.json()[0]["model_version"] == champion.version
-    registry.delete_alias(s, s.xgb_registered_name, s.challenger_alias)
 
 
 def test_print_the_figures(mesh):

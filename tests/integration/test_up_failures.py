@@ -29,6 +29,7 @@ def test_an_up_that_fails_in_training_stops_what_it_started(tmp_path):
     ports = {k: procs.free_port() for k in ("redis", "mlflow", "gateway", "xgb", "torch", "fallback")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEALMESH_") and k != "MLFLOW_TRACKING_URI"}
     env.update({"HEALMESH_HOME": str(home), "HEALMESH_PROJECT": str(tmp_path / "p.yaml"),
+                "BENTOML_HOME": str(tmp_path / "bentoml"),
                 **{f"HEALMESH_{k.upper()}_PORT": str(v) for k, v in ports.items()}})
     done = subprocess.run([sys.executable, "-m", "healmesh.ops.cli", "up", "--no-airflow"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
