@@ -68,13 +68,12 @@ class Schema:
     """The features, the label and the entity key of one project."""
 
     def __init__(self, features: tuple[Feature, ...], *, label: str, entity_key: str | None = None,
-                 positive: int | str = 1, negative: int | str | None = None, label_description: str = "") -> None:
+                 positive: int | str = 1, negative: int | str | None = None) -> None:
         self.features = features
         self.label = label
         self.entity_key = entity_key
         self.positive = positive
         self.negative = negative
-        self.label_description = label_description
         self.feature_names: tuple[str, ...] = tuple(f.name for f in features)
         self.numeric: tuple[NumericFeature, ...] = tuple(f for f in features if isinstance(f, NumericFeature))
         self.categorical: tuple[CategoricalFeature, ...] = tuple(
@@ -93,7 +92,7 @@ class Schema:
                 out.append(NumericFeature(f.name, f.unit, int(lo) if integer else lo, int(hi) if integer else hi,
                                           f.description, integer=integer, skewed=f.log_scale, column=f.column))
         return cls(tuple(out), label=p.label.column, entity_key=p.entity_key, positive=p.label.positive,
-                   negative=p.label.negative, label_description=p.label.description)
+                   negative=p.label.negative)
 
     def feature(self, name: str) -> Feature:
         try:

@@ -21,12 +21,6 @@ from healmesh.data.drift_spec import NO_DRIFT, DriftSpec
 from healmesh.errors import ConfigError
 
 
-def has_generator() -> bool:
-    from healmesh import project
-
-    return project.active().data.generator is not None
-
-
 def generator_module() -> ModuleType:
     from healmesh import project
 

@@ -103,8 +103,9 @@ class XGBoostModel:
         """Share of the model's total gain per schema feature (one-hot columns summed back). Total, not
         mean, gain: mean gain per split inflates a feature split rarely, and totals add up over columns."""
         out = dict.fromkeys(schema.active().feature_names, 0.0)
+        owner = features.active().source_feature  # each encoded column's feature
         for column, gain in self.booster.get_score(importance_type="total_gain").items():
-            out[features.active().encoded_names[int(column[1:])].split("=")[0]] += float(gain)  # type: ignore[arg-type]
+            out[owner[int(column[1:])]] += float(gain)  # type: ignore[arg-type]
         total = sum(out.values())
         return {k: v / total for k, v in out.items()} if total > 0 else out
 

@@ -104,10 +104,10 @@ class ReplayedTraffic:
     champion afterwards."""
 
     def __init__(self, gateway: str, data: str, rows: tuple[int, int | None], n: int, *, rate: float = 100.0,
-                 after_rows: int = 1_000) -> None:
+                 after_rows: int = 1_000, timeout_s: float = 1_200.0) -> None:
         from healmesh.ops import replay
 
-        self.gateway, self.kind, self.rate = gateway, "replay", rate
+        self.gateway, self.kind, self.rate, self.timeout_s = gateway, "replay", rate, timeout_s
         everything = replay.load_rows(data, rows)
         total = len(everything.bodies)
         if total < n + after_rows + 500:
@@ -140,30 +140,20 @@ class ReplayedTraffic:
         return self._send(2)
 
 
-class _ReplayBackground:
-    def __init__(self, source: ReplayedTraffic) -> None:
-        import threading
+class _ReplayBackground(traffic.Background):
+    """``traffic.Background`` whose traffic is the replay's rollout rows instead of generated ones."""
 
+    def __init__(self, source: ReplayedTraffic) -> None:
+        super().__init__(source.gateway, max_seconds=source.timeout_s)
+        self.source = source
+
+    def _run(self) -> None:
         from healmesh.ops import replay
 
-        self.result = traffic.TrafficResult()
-        self._stop = threading.Event()
-        options = replay.Options(rate=source.rate, concurrency=8, stop=self._stop)
-
-        def cycle() -> None:
-            # the rollout may outlast the rows: they go round again (new request ids) until it ends
-            while not self._stop.is_set():
-                self.result.merge(source._send(1, options))
-
-        self._thread = threading.Thread(target=cycle, daemon=True)
-
-    def __enter__(self) -> _ReplayBackground:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=120)
+        options = replay.Options(rate=self.source.rate, concurrency=8, stop=self._stop)
+        # the rollout may outlast the rows: they go round again (new request ids) until it ends
+        while not self._stop.is_set() and time.monotonic() < self._deadline:
+            self.result.merge(self.source._send(1, options))
 
 
 def as_traffic(summary: Any) -> traffic.TrafficResult:
@@ -206,7 +196,7 @@ def run(kind: str = "concept", n: int = 20_000, timeout_s: float = 1_200.0, data
     if data is None and p.data.generator is None:
         data, rows = p.resolve(p.data.path or ""), rows or later_rows(p)
     if data is not None:
-        source = ReplayedTraffic(gateway, data, rows or (0, None), n)
+        source = ReplayedTraffic(gateway, data, rows or (0, None), n, timeout_s=timeout_s)
     else:
         source = GeneratedTraffic(gateway, kind, n, timeout_s)
     kind = source.kind
